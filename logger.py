@@ -1,0 +1,225 @@
+"""Run directory, log.txt, checkpoints and training visualisations.
+
+`Logger.load_cpk(path, generator=..., ...) -> epoch` keeps the original's signature. Run folders
+are `log/<config-name>_<timestamp>` holding the resolved `config.yaml`, `log.txt` (per-epoch mean
+losses), `checkpoints/<epoch>-checkpoint.pth.tar` and `train-vis/<epoch>-rec.png`.
+"""
+import colorsys
+import os
+import time
+from typing import Dict, Iterable, List, Optional
+
+import imageio.v2 as imageio
+import numpy as np
+import torch
+import yaml
+from skimage.draw import disk
+
+from checkpoint import FORMAT_VERSION, CheckpointError, load_into, read_checkpoint, save_atomic, unwrap
+
+MODEL_KEYS = ('generator', 'kp_detector', 'discriminator')
+OPTIMIZER_KEYS = ('optimizer_generator', 'optimizer_kp_detector', 'optimizer_discriminator')
+
+
+def run_dir_name(config_name: str, when: Optional[float] = None) -> str:
+    """'<config-name>_<YYYYmmdd-HHMMSS>', no spaces."""
+    stamp = time.strftime('%Y%m%d-%H%M%S', time.localtime(when))
+    return '%s_%s' % (config_name.replace(' ', '_'), stamp)
+
+
+class Logger:
+    """Collects losses, writes log.txt, visualisations and checkpoints for one training run."""
+
+    def __init__(self, log_dir, checkpoint_freq=100, visualizer_params=None, zfill_num=8, log_file_name='log.txt',
+                 config: Optional[dict] = None, tensorboard: bool = True):
+        self.log_dir = log_dir
+        self.cpk_dir = os.path.join(log_dir, 'checkpoints')
+        self.visualizations_dir = os.path.join(log_dir, 'train-vis')
+        for d in (self.cpk_dir, self.visualizations_dir):
+            os.makedirs(d, exist_ok=True)
+        self.log_file = open(os.path.join(log_dir, log_file_name), 'a')
+        self.zfill_num = zfill_num
+        self.visualizer = Visualizer(**(visualizer_params or {}))
+        self.checkpoint_freq = checkpoint_freq
+        self.config = config
+        self.epoch = -1
+        self.models: Dict[str, object] = {}
+        self.loss_sums: Dict[str, float] = {}
+        self.loss_count = 0
+        self.names: Optional[List[str]] = None
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(log_dir=os.path.join(log_dir, 'tensorboard'))
+            except Exception:  # tensorboard is optional
+                self.tb = None
+
+    # ----------------------------------------------------------------------------- losses
+    def log_iter(self, losses: Dict[str, float], count: int = 1) -> None:
+        """Add losses (already summed over `count` steps) to the running epoch totals."""
+        for k, v in losses.items():
+            self.loss_sums[k] = self.loss_sums.get(k, 0.0) + float(v)
+        self.loss_count += count
+
+    def epoch_means(self) -> Dict[str, float]:
+        return {k: v / max(self.loss_count, 1) for k, v in self.loss_sums.items()}
+
+    def log_scores(self) -> Dict[str, float]:
+        means = self.epoch_means()
+        text = '; '.join('%s - %.5f' % (k, v) for k, v in means.items())
+        self.log_file.write('%s) %s\n' % (str(self.epoch).zfill(self.zfill_num), text))
+        self.log_file.flush()
+        if self.tb is not None:
+            for k, v in means.items():
+                self.tb.add_scalar('loss/' + k, v, self.epoch)
+            self.tb.flush()
+        self.loss_sums, self.loss_count = {}, 0
+        return means
+
+    def log_epoch(self, epoch, models, inp=None, out=None) -> Dict[str, float]:
+        """End of epoch `epoch` (0-based): scores, a checkpoint every `checkpoint_freq`, a picture."""
+        self.epoch = epoch
+        self.models = models
+        if (epoch + 1) % self.checkpoint_freq == 0:
+            self.save_cpk()
+        means = self.log_scores()
+        if inp is not None and out is not None:
+            self.visualize_rec(inp, out)
+        return means
+
+    def visualize_rec(self, inp, out) -> str:
+        image = self.visualizer.visualize(inp['driving'], inp['source'], out)
+        path = os.path.join(self.visualizations_dir, '%s-rec.png' % str(self.epoch).zfill(self.zfill_num))
+        imageio.imwrite(path, image)
+        return path
+
+    # ------------------------------------------------------------------------ checkpoints
+    def checkpoint_state(self) -> dict:
+        state = {}
+        for k, v in self.models.items():
+            v = unwrap(v)
+            if v is not None:
+                state[k] = v.state_dict()
+        state['epoch'] = self.epoch
+        state['format_version'] = FORMAT_VERSION
+        if self.config is not None:
+            state['config'] = self.config
+        return state
+
+    def save_cpk(self, emergent=False) -> str:
+        """Write `<epoch>-checkpoint.pth.tar` (temp file + rename). An emergent save (interrupt)
+        writes `checkpoint.pth.tar` and never replaces a regular checkpoint."""
+        name = 'checkpoint.pth.tar' if emergent else '%s-checkpoint.pth.tar' % str(self.epoch).zfill(self.zfill_num)
+        path = os.path.join(self.cpk_dir, name)
+        save_atomic(self.checkpoint_state(), path)
+        return path
+
+    @staticmethod
+    def load_cpk(checkpoint_path, generator=None, discriminator=None, kp_detector=None, optimizer_generator=None,
+                 optimizer_discriminator=None, optimizer_kp_detector=None, schedulers: Optional[dict] = None,
+                 verbose: bool = True):
+        """Load what is given from a checkpoint (weights_only=True); returns its epoch."""
+        checkpoint = read_checkpoint(checkpoint_path)
+        for name, module in (('generator', generator), ('kp_detector', kp_detector)):
+            if module is not None:
+                if name not in checkpoint:
+                    raise CheckpointError('%s: holds no %s' % (checkpoint_path, name))
+                load_into(unwrap(module), checkpoint[name], name, checkpoint_path)
+        if discriminator is not None:
+            if 'discriminator' in checkpoint:
+                load_into(unwrap(discriminator), checkpoint['discriminator'], 'discriminator', checkpoint_path)
+            elif verbose:
+                print('%s: no discriminator in the checkpoint; it stays randomly initialised' % checkpoint_path)
+        for name, opt in (('optimizer_generator', optimizer_generator),
+                          ('optimizer_kp_detector', optimizer_kp_detector),
+                          ('optimizer_discriminator', optimizer_discriminator)):
+            if opt is not None:
+                if name in checkpoint:
+                    opt.load_state_dict(checkpoint[name])
+                elif verbose:
+                    print('%s: no %s in the checkpoint; it starts fresh' % (checkpoint_path, name))
+        for name, sched in (schedulers or {}).items():
+            if name in checkpoint:
+                sched.load_state_dict(checkpoint[name])
+        return checkpoint.get('epoch', 0)
+
+    def close(self):
+        self.log_file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc_val, exc_tb):
+        self.close()
+
+
+def write_config(config: dict, path: str) -> None:
+    with open(path, 'w') as f:
+        yaml.safe_dump(config, f, sort_keys=False)
+
+
+def kp_colors(num_kp: int) -> np.ndarray:
+    """Evenly spaced rainbow colours (red to magenta, like gist_rainbow), (K, 3) in [0, 1]."""
+    return np.array([colorsys.hsv_to_rgb(0.83 * i / max(num_kp - 1, 1), 1.0, 1.0) for i in range(num_kp)])
+
+
+class Visualizer:
+    """Draw keypoints and stack source / driving / deformed / occlusion / prediction into one image."""
+
+    def __init__(self, kp_size=5, draw_border=False, colormap='gist_rainbow'):
+        self.kp_size = kp_size
+        self.draw_border = draw_border
+        self.colormap = colormap  # kept for config compatibility; colours come from kp_colors
+
+    def draw_image_with_kp(self, image: np.ndarray, kp_array: np.ndarray) -> np.ndarray:
+        """image (H, W, 3) float in [0, 1], keypoints (K, 2) in [-1, 1] -> image with dots."""
+        image = np.copy(image)
+        spatial_size = np.array(image.shape[:2][::-1])[np.newaxis]
+        kp_array = spatial_size * (kp_array + 1) / 2
+        colors = kp_colors(kp_array.shape[0])
+        for kp_ind, kp in enumerate(kp_array):
+            rr, cc = disk((kp[1], kp[0]), self.kp_size, shape=image.shape[:2])
+            image[rr, cc] = colors[kp_ind]
+        return image
+
+    def create_image_column_with_kp(self, images, kp):
+        return self.create_image_column(np.array([self.draw_image_with_kp(v, k) for v, k in zip(images, kp)]))
+
+    def create_image_column(self, images):
+        if self.draw_border:
+            images = np.copy(images)
+            images[:, :, [0, -1]] = (1, 1, 1)
+            images[:, [0, -1], :] = (1, 1, 1)
+        return np.concatenate(list(images), axis=0)
+
+    def create_image_grid(self, *args):
+        out = []
+        for arg in args:
+            if isinstance(arg, tuple):
+                out.append(self.create_image_column_with_kp(arg[0], arg[1]))
+            else:
+                out.append(self.create_image_column(arg))
+        return np.concatenate(out, axis=1)
+
+    def visualize(self, driving, source, out) -> np.ndarray:
+        """uint8 grid: source+kp, driving+kp, deformed, occlusion map, prediction (one row per item)."""
+        def np_img(t):
+            return np.transpose(t.detach().float().cpu().numpy(), [0, 2, 3, 1])
+
+        images = []
+        src = np_img(source)
+        images.append((src, out['kp_source']['value'].detach().float().cpu().numpy()))
+        drv = np_img(driving)
+        images.append((drv, out['kp_driving']['value'].detach().float().cpu().numpy()))
+        if 'deformed' in out:
+            images.append(np_img(out['deformed']))
+        if 'occlusion_map' in out:
+            occ = out['occlusion_map'].detach().float()
+            occ = torch.nn.functional.interpolate(occ, size=source.shape[2:]).cpu().repeat(1, 3, 1, 1)
+            images.append(np_img(occ))
+        images.append(np_img(out['prediction']))
+        image = self.create_image_grid(*images)
+        return (255 * np.clip(image, 0, 1)).astype(np.uint8)
