@@ -1,0 +1,64 @@
+"""Device and precision choices shared by training and inference."""
+import contextlib
+import os
+from typing import Optional
+
+import torch
+
+PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
+_DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
+def resolve_device(name: Optional[str] = None) -> torch.device:
+    """'cpu', 'cuda', 'cuda:N' or None (cuda when available, else cpu); errors name --device."""
+    if not name:
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError("--device: '%s' is not a device (use cpu, cuda or cuda:N)" % name) from None
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError('--device: %s asked for, but CUDA is not available on this machine' % name)
+    if device.type == 'cuda' and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError('--device: %s asked for, but only %d CUDA device(s) exist'
+                         % (name, torch.cuda.device_count()))
+    return device
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU runs bf16 natively (AVX512-BF16 or AMX); elsewhere it is emulated and slow."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return 'avx512_bf16' in flags or 'amx_bf16' in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> bf16 on CUDA with bf16 support or a CPU with native bf16, else fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError('--precision: %r is not one of %s' % (precision, ', '.join(PRECISIONS)))
+    if precision != 'auto':
+        if precision == 'fp16' and device.type == 'cpu':
+            raise ValueError('--precision: fp16 is for CUDA; on CPU use bf16 or fp32')
+        return precision
+    if device.type == 'cuda':
+        return 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'
+    if device.type == 'cpu' and cpu_has_native_bf16():
+        return 'bf16'
+    return 'fp32'
+
+
+def autocast(device: torch.device, precision: str):
+    """A torch.autocast context for the resolved precision (a no-op for fp32)."""
+    if precision == 'fp32':
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
+
+
+def default_num_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
