@@ -55,8 +55,9 @@ class Transform:
         return F.grid_sample(frame, grid.to(frame.dtype), padding_mode='reflection', align_corners=False)
 
     def warp_coordinates(self, coordinates):
-        """(B or 1, N, 2) -> (B, N, 2), in float32."""
-        coordinates = coordinates.float()
+        """(B or 1, N, 2) -> (B, N, 2), in float32 (or float64 if given float64)."""
+        if coordinates.dtype != torch.float64:
+            coordinates = coordinates.float()
         theta = self.theta.to(coordinates)
         # affine part, elementwise so autocast keeps it in float32
         transformed = (theta[:, None, :, :2] * coordinates.unsqueeze(-2)).sum(-1) + theta[:, None, :, 2]

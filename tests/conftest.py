@@ -1,0 +1,37 @@
+"""Shared test helpers: the ../shared folder (skip cleanly when absent), tiny configs, seeded VGG."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = (ROOT / '..' / 'shared').resolve()
+sys.path.insert(0, str(ROOT))
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def shared_path(*parts) -> Path:
+    """A path under ../shared, or skip the test with the reason."""
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip('needs %s (the shared fixtures/data folder beside the repository); absent here' % p)
+    return p
+
+
+@pytest.fixture
+def shared():
+    return shared_path
+
+
+@pytest.fixture
+def seeded_torch_home(tmp_path, monkeypatch):
+    """A $TORCH_HOME holding seeded random VGG19 weights where torch.hub looks for the ImageNet file."""
+    from modules.model import VGG19_FILE, seeded_vgg19_state
+    folder = tmp_path / 'torch_home' / 'hub' / 'checkpoints'
+    folder.mkdir(parents=True)
+    torch.save(seeded_vgg19_state(0), folder / VGG19_FILE)
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
+    return tmp_path / 'torch_home'
