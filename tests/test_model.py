@@ -230,37 +230,48 @@ def test_bf16_training_losses_close_to_fp32(seeded_torch_home):
 
 
 def test_one_training_step_changes_weights_and_lowers_loss(seeded_torch_home):
+    """One Adam step moves the weights of both models; on a fixed batch the discriminator's loss drops
+    after one step and the generator's after a few (at random init a single Adam step is within the
+    noise of the equivariance terms: the keypoint softmax at temperature 0.1 is very sensitive)."""
     torch.manual_seed(0)
     cfg = tiny_config()
     gen, kp, disc = build_networks(cfg['model_params'])
     tp = cfg['train_params']
     gfull = GeneratorFullModel(kp, gen, disc, tp)
     dfull = DiscriminatorFullModel(kp, gen, disc, tp)
-    opt_g = torch.optim.Adam(gen.parameters(), lr=1e-3, betas=(0.5, 0.999))
-    opt_k = torch.optim.Adam(kp.parameters(), lr=1e-3, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(disc.parameters(), lr=1e-3, betas=(0.5, 0.999))
+    opt_g = torch.optim.Adam(list(gen.parameters()) + list(kp.parameters()), lr=2e-4, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=2e-4, betas=(0.5, 0.999))
     x = _batch()
 
-    def total_loss():
+    def generator_loss():
         torch.manual_seed(7)  # the same random equivariance transform each time
         losses, generated = gfull(x)
         return sum(losses.values()), generated
 
     before_g = copy.deepcopy(gen.state_dict())
     before_d = copy.deepcopy(disc.state_dict())
-    loss0, generated = total_loss()
+    loss0, generated = generator_loss()
     loss0.backward()
-    opt_g.step(), opt_k.step()
-    opt_g.zero_grad(), opt_k.zero_grad()
-    dloss = sum(dfull(x, generated).values())
-    dloss.backward()
+    opt_g.step()
+    opt_g.zero_grad()
+    changed_g = any(not torch.equal(v, gen.state_dict()[k]) for k, v in before_g.items() if v.is_floating_point())
+    for _ in range(4):
+        loss1, generated = generator_loss()
+        loss1.backward()
+        opt_g.step()
+        opt_g.zero_grad()
+    loss1, generated = generator_loss()
+    assert loss1.item() < loss0.item() - 1.0, (loss0.item(), loss1.item())
+
+    dloss0 = sum(dfull(x, generated).values())
+    dloss0.backward()
     opt_d.step()
     opt_d.zero_grad()
-    loss1, _ = total_loss()
-    changed_g = any(not torch.equal(v, gen.state_dict()[k]) for k, v in before_g.items() if v.is_floating_point())
+    dloss1 = sum(dfull(x, generated).values())
+    assert dloss1.item() < dloss0.item(), (dloss0.item(), dloss1.item())
+
     changed_d = any(not torch.equal(v, disc.state_dict()[k]) for k, v in before_d.items() if v.is_floating_point())
     assert changed_g and changed_d
-    assert loss1.item() < loss0.item(), (loss0.item(), loss1.item())
 
 
 def test_vgg_weights_missing_offline_gives_one_clear_error(tmp_path, monkeypatch):

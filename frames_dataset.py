@@ -1,0 +1,366 @@
+"""Video datasets for training and evaluation: FramesDataset, DatasetRepeater, PairedDataset.
+
+Layouts under a split folder (root_dir/train, root_dir/test, or root_dir itself with a seeded
+80/20 split), as the original accepted them:
+  * a folder per video holding its frames as images, ordered by file name;
+  * video files: .mp4 .mov .avi .mkv .webm .m4v, and .gif;
+  * one image (.png/.jpg/...) holding the frames side by side, shape (H, T*W) (moving-gif data).
+Other files are ignored. Names starting with '.' (e.g. partial writes) are ignored.
+
+Items: training -> {'driving': float32 (3, H, W) in [0, 1], 'source': same, 'name': str};
+test -> {'video': float32 (3, T, H, W) in [0, 1], 'name': str}.
+
+A training item decodes only the two frames it returns (plus, for a compressed video, the frames
+between each one and the key frame before it), never the whole video as the original did.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import random
+import warnings
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from augmentation import AllAugmentationTransform, process_rng
+from video_io import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, MediaError, VideoSource, is_image_file,
+                      open_video, resize_frame)
+
+_MAX_WARNINGS = 10  # per kind of warning and dataset; the rest are summarised in one line
+
+
+class DatasetError(ValueError):
+    """A problem with the user's data; the message is one line naming the file or config key."""
+
+
+class DatasetWarning(UserWarning):
+    """Something in the data was fixed on the fly (skipped video, resized frames)."""
+
+
+def default_num_workers() -> int:
+    """DataLoader workers for this machine: one per usable CPU, leaving one for the main
+    process, at most 8 (decoding is cheap; more workers mostly add memory)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(0, min(8, cpus - 1))
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """Seed a DataLoader worker: its datasets' generators, numpy's and Python's global state,
+    all from the worker's torch seed (distinct per worker and per epoch)."""
+    info = torch.utils.data.get_worker_info()
+    seed = info.seed if info is not None else torch.initial_seed()
+    np.random.seed(seed % 2 ** 32)  # for third-party code that still uses the global state
+    random.seed(seed)
+    _reseed_tree(info.dataset if info is not None else None, seed, set())
+
+
+def _reseed_tree(obj, seed: int, seen: set) -> None:
+    if obj is None or id(obj) in seen:
+        return
+    seen.add(id(obj))
+    if hasattr(obj, 'reseed'):
+        obj.reseed(seed)
+    for attr in ('dataset', 'initial_dataset'):
+        _reseed_tree(getattr(obj, attr, None), seed, seen)
+    for child in getattr(obj, 'datasets', ()) or ():
+        _reseed_tree(child, seed, seen)
+
+
+def _open(path: str, frame_shape: Sequence[int]) -> VideoSource:
+    try:
+        return open_video(path, frame_shape)
+    except MediaError as e:
+        raise DatasetError(str(e)) from None
+
+
+def _frame_shape(frame_shape) -> tuple:
+    try:
+        shape = tuple(int(v) for v in frame_shape)
+    except (TypeError, ValueError):
+        shape = ()
+    if len(shape) == 2:
+        shape += (3,)
+    if len(shape) != 3 or shape[2] != 3 or min(shape) <= 0:
+        raise DatasetError('dataset_params.frame_shape: expected [height, width, 3], got %r'
+                           % (frame_shape,))
+    return shape
+
+
+def _fit(frames: np.ndarray, frame_shape: tuple) -> np.ndarray:
+    """uint8 (N, h, w, 3) -> (N, H, W, 3) of frame_shape, resizing when needed."""
+    h, w = frame_shape[:2]
+    if frames.shape[1:3] == (h, w):
+        return frames
+    return np.stack([resize_frame(f, h, w) for f in frames])
+
+
+def _to_float(frames: np.ndarray) -> np.ndarray:
+    """uint8 -> float32 in [0, 1] (as skimage's img_as_float32)."""
+    return frames.astype(np.float32) * np.float32(1.0 / 255.0)
+
+
+def read_video(name, frame_shape=(256, 256, 3)) -> np.ndarray:
+    """All frames of a video (any supported layout) -> float32 (T, H, W, 3) in [0, 1].
+
+    Frames whose size differs from frame_shape are resized (one warning)."""
+    shape = _frame_shape(frame_shape)
+    source = _open(str(name), shape)
+    try:
+        frames = source.read_all()
+    except MediaError as e:
+        raise DatasetError(str(e)) from None
+    if frames.shape[1:3] != shape[:2]:
+        warnings.warn('%s: frames are %dx%d, resized to %dx%d (dataset_params.frame_shape)'
+                      % (name, frames.shape[1], frames.shape[2], shape[0], shape[1]),
+                      DatasetWarning, stacklevel=2)
+    return _to_float(_fit(frames, shape))
+
+
+def list_media(folder: Path) -> list:
+    """Names of the entries of `folder` that may be videos, sorted; other files are ignored."""
+    names = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.name.startswith('.'):
+            continue
+        ext = os.path.splitext(entry.name)[1].lower()
+        if entry.is_dir() or ext in VIDEO_EXTENSIONS or ext in IMAGE_EXTENSIONS:
+            names.append(entry.name)
+    return names
+
+
+def _seeded_split(videos: list, random_seed: int, test_size: float = 0.2) -> tuple:
+    """sklearn's train_test_split(videos, random_state=random_seed, test_size=0.2), same result."""
+    n = len(videos)
+    n_test = int(np.ceil(test_size * n))
+    perm = np.random.RandomState(random_seed).permutation(n)
+    return [videos[i] for i in perm[n_test:]], [videos[i] for i in perm[:n_test]]
+
+
+def _id_of(name: str) -> str:
+    """The person/object id of a video: the part of its name before '#' (the original's rule)."""
+    return os.path.basename(name).split('#')[0]
+
+
+class FramesDataset(Dataset):
+    """Videos under root_dir; see the module docstring for layouts and item formats.
+
+    Same constructor as the original, so `FramesDataset(is_train=True, **config['dataset_params'])`
+    works with the published configs. With id_sampling (training only) an item is one random
+    video of one id, so len() is the number of ids. Random draws (frame pair, video of an id,
+    augmentation) come from a per-process generator (see `reseed`)."""
+
+    def __init__(self, root_dir, frame_shape=(256, 256, 3), id_sampling=False, is_train=True,
+                 random_seed=0, pairs_list=None, augmentation_params=None):
+        self.frame_shape = _frame_shape(frame_shape)
+        self.id_sampling = bool(id_sampling)
+        self.is_train = bool(is_train)
+        self.random_seed = int(random_seed)
+        self.pairs_list = pairs_list
+        root = Path(root_dir) if root_dir is not None else None
+        if root is None or not root.is_dir():
+            raise DatasetError('dataset_params.root_dir: folder not found: %s' % root_dir)
+        try:
+            self.transform = AllAugmentationTransform.from_params(augmentation_params) \
+                if self.is_train else None
+        except (ValueError, TypeError) as e:
+            raise DatasetError('dataset_params.%s' % e) from None
+
+        split = 'train' if self.is_train else 'test'
+        if (root / 'train').is_dir() or (root / 'test').is_dir():
+            folder = root / split
+            if not folder.is_dir():
+                raise DatasetError('dataset_params.root_dir: %s has no %s/ folder' % (root, split))
+            names = list_media(folder)
+            if not names:
+                raise DatasetError('%s: no videos found (expected %s files, image strips or '
+                                   'folders of frames)' % (folder, '/'.join(VIDEO_EXTENSIONS)))
+        else:  # no predefined split: the original's seeded 80/20 split
+            folder = root
+            everything = list_media(root)
+            if not everything:
+                raise DatasetError('%s: no videos found (expected %s files, image strips or '
+                                   'folders of frames)' % (root, '/'.join(VIDEO_EXTENSIONS)))
+            train, test = _seeded_split(everything, self.random_seed)
+            names = train if self.is_train else test
+            if not names:
+                raise DatasetError('%s: too few videos for a train/test split (%d found)'
+                                   % (root, len(everything)))
+        self.root_dir = str(folder)
+        self.sources = self._probe(folder, names)
+        names = sorted(self.sources)
+        if self.is_train and self.id_sampling:
+            self._by_id = defaultdict(list)
+            for name in names:
+                self._by_id[_id_of(name)].append(name)
+            self.videos = sorted(self._by_id)
+        else:
+            self._by_id = None
+            self.videos = names
+        self._rng, self._rng_pid = None, None
+
+    # ------------------------------------------------------------------------------------------
+    def _probe(self, folder: Path, names: list) -> dict:
+        """Open every video (frame count, size; no decoding), drop those with < 2 frames."""
+        paths = [str(folder / n) for n in names]
+        workers = min(8, max(1, len(paths) // 4))
+        with ThreadPoolExecutor(workers) as pool:
+            results = list(tqdm(pool.map(self._probe_one, paths), total=len(paths), unit='video',
+                                desc='scanning %s' % folder, disable=len(paths) < 200, leave=False))
+        errors = [r for r in results if isinstance(r, DatasetError)]
+        if errors:
+            raise errors[0]
+        sources, short, resized = {}, [], []
+        for name, src in zip(names, results):
+            if src is None:  # a folder without images: not a video
+                continue
+            if src.num_frames < 2:
+                short.append('%s (%d frame%s)' % (name, src.num_frames, '' if src.num_frames == 1 else 's'))
+                continue
+            sources[name] = src
+            if (src.info.height, src.info.width) != self.frame_shape[:2]:
+                resized.append('%s (%dx%d)' % (name, src.info.height, src.info.width))
+        if short:
+            warnings.warn('%s: skipping %d video(s) with fewer than 2 frames: %s'
+                          % (folder, len(short), ', '.join(short)), DatasetWarning, stacklevel=3)
+        if not sources:
+            raise DatasetError('%s: no usable videos (all have fewer than 2 frames)' % folder)
+        for msg in resized[:_MAX_WARNINGS]:
+            warnings.warn('%s/%s: frames resized to %dx%d (dataset_params.frame_shape)'
+                          % (folder, msg, *self.frame_shape[:2]), DatasetWarning, stacklevel=3)
+        if len(resized) > _MAX_WARNINGS:
+            warnings.warn('%s: %d more videos with frames resized to %dx%d'
+                          % (folder, len(resized) - _MAX_WARNINGS, *self.frame_shape[:2]),
+                          DatasetWarning, stacklevel=3)
+        return sources
+
+    def _probe_one(self, path: str):
+        try:
+            if os.path.isdir(path) and not any(is_image_file(f) for f in os.listdir(path)):
+                return None
+            return _open(path, self.frame_shape)
+        except DatasetError as e:
+            return e
+        except OSError as e:
+            return DatasetError('%s: cannot read (%s)' % (path, e.strerror or e))
+
+    # ------------------------------------------------------------------------------------------
+    def reseed(self, stream: int) -> None:
+        """Restart this process's random stream from (random_seed, stream)."""
+        self._rng, self._rng_pid = process_rng(self.random_seed, stream), os.getpid()
+
+    @property
+    def rng(self) -> np.random.Generator:
+        """This process's generator; a forked DataLoader worker gets its own from its torch seed."""
+        if self._rng is None or self._rng_pid != os.getpid():
+            self.reseed(torch.initial_seed())
+        return self._rng
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, idx: int) -> dict:
+        rng = self.rng
+        if self._by_id is not None:
+            choices = self._by_id[self.videos[idx]]
+            name = choices[int(rng.integers(len(choices)))]
+        else:
+            name = self.videos[idx]
+        source = self.sources[name]
+        try:
+            if self.is_train:
+                frame_idx = np.sort(rng.choice(source.num_frames, replace=True, size=2))
+                frames = source.read(frame_idx)  # uint8 (2, h, w, 3)
+            else:
+                frames = source.read_all()  # uint8 (T, h, w, 3), streamed
+        except MediaError as e:
+            raise DatasetError(str(e)) from None
+        video = _to_float(_fit(frames, self.frame_shape))  # (N, H, W, 3)
+        out = {}
+        if self.is_train:
+            if self.transform is not None:
+                video = self.transform(video, rng)
+            out['driving'] = np.ascontiguousarray(video[1].transpose((2, 0, 1)))
+            out['source'] = np.ascontiguousarray(video[0].transpose((2, 0, 1)))
+        else:
+            out['video'] = np.ascontiguousarray(video.transpose((3, 0, 1, 2)))  # (3, T, H, W)
+        out['name'] = name
+        return out
+
+
+class DatasetRepeater(Dataset):
+    """Pass several times over a dataset per epoch (fewer epoch boundaries, fewer worker restarts)."""
+
+    def __init__(self, dataset: Dataset, num_repeats: int = 100):
+        self.dataset = dataset
+        self.num_repeats = int(num_repeats)
+
+    def __len__(self) -> int:
+        return self.num_repeats * len(self.dataset)
+
+    def __getitem__(self, idx: int) -> dict:
+        return self.dataset[idx % len(self.dataset)]
+
+
+class PairedDataset(Dataset):
+    """(driving, source) pairs of test videos, for animation: from the dataset's `pairs_list` CSV
+    (columns `source`, `driving` naming test videos), else `number_of_pairs` seeded random pairs.
+    Items: {'driving_' + key: ..., 'source_' + key: ...} for each key of the two test items."""
+
+    def __init__(self, initial_dataset: FramesDataset, number_of_pairs: int, seed: int = 0):
+        self.initial_dataset = initial_dataset
+        pairs_list = getattr(initial_dataset, 'pairs_list', None)
+        n = len(initial_dataset)
+        if pairs_list is None:
+            # The original's draw (np.random.seed(seed); np.random.choice), without global state.
+            max_idx = min(int(number_of_pairs), n)
+            xy = np.mgrid[:max_idx, :max_idx].reshape(2, -1).T
+            count = min(xy.shape[0], int(number_of_pairs))
+            self.pairs = xy.take(np.random.RandomState(seed).choice(xy.shape[0], count, replace=False),
+                                 axis=0)
+        else:
+            self.pairs = self._read_pairs(pairs_list, initial_dataset.videos, int(number_of_pairs))
+
+    @staticmethod
+    def _read_pairs(pairs_list, videos: list, number_of_pairs: int) -> np.ndarray:
+        index = {}
+        for i, name in enumerate(videos):  # also accept names without their extension
+            index.setdefault(os.path.splitext(name)[0], i)
+        index.update({name: i for i, name in enumerate(videos)})
+        try:
+            with open(pairs_list, newline='') as f:
+                rows = list(csv.DictReader(f))
+                fields = rows[0].keys() if rows else []
+        except OSError as e:
+            raise DatasetError('dataset_params.pairs_list: cannot read %s (%s)'
+                               % (pairs_list, e.strerror or e)) from None
+        if not rows or 'source' not in fields or 'driving' not in fields:
+            raise DatasetError('%s: expected a CSV with columns source,driving and at least one row'
+                               % pairs_list)
+        for line, row in enumerate(rows, start=2):  # every row: a wrong name means a wrong root_dir
+            for col in ('source', 'driving'):
+                if row[col] not in index:
+                    raise DatasetError('%s: line %d: %s video %r is not in the test set (%d videos)'
+                                       % (pairs_list, line, col, row[col], len(videos)))
+        pairs = [(index[row['driving']], index[row['source']]) for row in rows[:number_of_pairs]]
+        return np.array(pairs, dtype=np.int64).reshape(-1, 2)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, idx: int) -> dict:
+        driving_idx, source_idx = self.pairs[idx]
+        first = self.initial_dataset[int(driving_idx)]
+        second = self.initial_dataset[int(source_idx)]
+        out = {'driving_' + key: value for key, value in first.items()}
+        out.update({'source_' + key: value for key, value in second.items()})
+        return out
