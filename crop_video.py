@@ -256,20 +256,29 @@ def _image_shape(text: str) -> tuple[int, int]:
     return height, width
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the unset (None) ones and flags, whose help says what happens."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog=PROG, formatter_class=_HelpFormatter,
         description="Detect and track faces in a video and write one square clip per stable "
                     "face track (ready for the model: e.g. the vox-256 config).")
     parser.add_argument("--inp", required=True, type=Path, help="input video")
     parser.add_argument("--out_dir", type=Path, default=None,
-                        help="folder for the clips (default: the input's folder); clips are named "
-                             "<video-stem>_<track#>_<start>-<end>.mp4")
+                        help="folder for the clips, named <video-stem>_<track#>_<start>-<end>.mp4 "
+                             "(unset: the input video's folder)")
     parser.add_argument("--detector", choices=DETECTORS, default="face_alignment",
                         help="face_alignment: S3FD from face-alignment (pip install -r "
                              "requirements-face.txt; weights download once); haar: OpenCV's "
                              "Haar cascade (no download, frontal faces only)")
-    parser.add_argument("--image_shape", type=_image_shape, default=(256, 256),
+    parser.add_argument("--image_shape", type=_image_shape, default="256,256",
                         help="HEIGHT,WIDTH of the output clips")
     parser.add_argument("--increase", type=float, default=0.1,
                         help="margin added around the track's box, fraction of its longer side per side")
@@ -288,10 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--detect_every", type=int, default=1,
                         help="run the detector on every Nth frame only (faster, coarser track ends)")
     parser.add_argument("--device", default=None,
-                        help="torch device for the face_alignment detector (default: cuda if available, else cpu)")
+                        help="torch device for the face_alignment detector (unset: cuda if available, else cpu)")
     parser.add_argument("--cpu", action="store_true", help="same as --device cpu")
     parser.add_argument("--fa_weights_dir", type=Path, default=None,
-                        help=f"folder holding face-alignment's weight files (default: ${FA_WEIGHTS_ENV} "
+                        help=f"folder holding face-alignment's weight files (unset: ${FA_WEIGHTS_ENV} "
                              "if set, else $TORCH_HOME/hub/checkpoints)")
     parser.add_argument("--offline", action="store_true",
                         help="never try to download face-alignment weights")

@@ -11,7 +11,9 @@ Items: training -> {'driving': float32 (3, H, W) in [0, 1], 'source': same, 'nam
 test -> {'video': float32 (3, T, H, W) in [0, 1], 'name': str}.
 
 A training item decodes only the two frames it returns (plus, for a compressed video, the frames
-between each one and the key frame before it), never the whole video as the original did.
+between each one and the key frame before it), never the whole video as the original did; the
+frame count comes from the container at start-up. Frames decoded on the way are kept in a
+bounded per-process cache (cache_mb), so later samples of the same video decode nothing.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import csv
 import os
 import random
 import warnings
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional, Sequence
@@ -30,8 +32,8 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from augmentation import AllAugmentationTransform, process_rng
-from video_io import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, MediaError, VideoSource, is_image_file,
-                      open_video, resize_frame)
+from video_io import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, FolderSource, MediaError, VideoSource,
+                      is_image_file, open_video, resize_frame)
 
 _MAX_WARNINGS = 10  # per kind of warning and dataset; the rest are summarised in one line
 
@@ -146,6 +148,46 @@ def _seeded_split(videos: list, random_seed: int, test_size: float = 0.2) -> tup
     return [videos[i] for i in perm[n_test:]], [videos[i] for i in perm[:n_test]]
 
 
+class _FrameCache:
+    """Per-process LRU of decoded training frames, already at frame_shape, bounded in bytes.
+
+    A compressed video is decoded from its key frame up to the frame a sample needs; the frames
+    decoded on the way are kept here, so later samples of that video cost no decoding at all."""
+
+    def __init__(self, budget_bytes: int):
+        self.budget = int(budget_bytes)
+        self.videos = OrderedDict()  # name -> (frames uint8 (T, H, W, 3), filled bool (T,))
+        self.used = 0
+
+    def get(self, name: str, idx: np.ndarray) -> Optional[np.ndarray]:
+        entry = self.videos.get(name)
+        if entry is None or not entry[1][idx].all():
+            return None
+        self.videos.move_to_end(name)
+        return entry[0][idx]
+
+    def put(self, name: str, num_frames: int, span: dict) -> None:
+        if not span:
+            return
+        frame = next(iter(span.values()))
+        if num_frames * frame.nbytes > self.budget:
+            return  # a video larger than the whole cache: never cached
+        entry = self.videos.get(name)
+        if entry is None:  # np.empty: pages cost memory only once written
+            entry = (np.empty((num_frames,) + frame.shape, np.uint8), np.zeros(num_frames, bool))
+            self.videos[name] = entry
+        frames, filled = entry
+        for i, f in span.items():
+            if not filled[i]:
+                frames[i] = f
+                filled[i] = True
+                self.used += f.nbytes
+        self.videos.move_to_end(name)
+        while self.used > self.budget and len(self.videos) > 1:
+            _, (old, old_filled) = self.videos.popitem(last=False)
+            self.used -= int(old_filled.sum()) * old[0].nbytes
+
+
 def _id_of(name: str) -> str:
     """The person/object id of a video: the part of its name before '#' (the original's rule)."""
     return os.path.basename(name).split('#')[0]
@@ -157,11 +199,17 @@ class FramesDataset(Dataset):
     Same constructor as the original, so `FramesDataset(is_train=True, **config['dataset_params'])`
     works with the published configs. With id_sampling (training only) an item is one random
     video of one id, so len() is the number of ids. Random draws (frame pair, video of an id,
-    augmentation) come from a per-process generator (see `reseed`)."""
+    augmentation) come from a per-process generator (see `reseed`).
+
+    cache_mb (an addition): per-process budget for keeping decoded training frames (at
+    frame_shape) of compressed videos and GIFs, so frames decoded on the way to a sampled one
+    are not decoded again; 0 disables it. Items are the same with or without it."""
 
     def __init__(self, root_dir, frame_shape=(256, 256, 3), id_sampling=False, is_train=True,
-                 random_seed=0, pairs_list=None, augmentation_params=None):
+                 random_seed=0, pairs_list=None, augmentation_params=None, cache_mb: float = 256):
         self.frame_shape = _frame_shape(frame_shape)
+        self.cache_bytes = int(max(0.0, float(cache_mb)) * 2 ** 20)
+        self._cache, self._cache_pid = None, None
         self.id_sampling = bool(id_sampling)
         self.is_train = bool(is_train)
         self.random_seed = int(random_seed)
@@ -265,6 +313,24 @@ class FramesDataset(Dataset):
             self.reseed(torch.initial_seed())
         return self._rng
 
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state['_cache'] = state['_cache_pid'] = None  # a worker builds its own
+        return state
+
+    def _read_pair(self, name: str, source: VideoSource, frame_idx: np.ndarray) -> np.ndarray:
+        """uint8 (2, H, W, 3) at frame_shape, through the frame cache when enabled."""
+        if self.cache_bytes <= 0 or isinstance(source, FolderSource):  # a folder: nothing wasted
+            return _fit(source.read(frame_idx), self.frame_shape)
+        if self._cache is None or self._cache_pid != os.getpid():
+            self._cache, self._cache_pid = _FrameCache(self.cache_bytes), os.getpid()
+        frames = self._cache.get(name, frame_idx)
+        if frames is None:
+            span = {i: _fit(f[None], self.frame_shape)[0] for i, f in source.read_span(frame_idx).items()}
+            self._cache.put(name, source.num_frames, span)
+            frames = np.stack([span[i] for i in frame_idx])
+        return frames
+
     def __len__(self) -> int:
         return len(self.videos)
 
@@ -279,12 +345,12 @@ class FramesDataset(Dataset):
         try:
             if self.is_train:
                 frame_idx = np.sort(rng.choice(source.num_frames, replace=True, size=2))
-                frames = source.read(frame_idx)  # uint8 (2, h, w, 3)
+                frames = self._read_pair(name, source, frame_idx)  # uint8 (2, H, W, 3)
             else:
-                frames = source.read_all()  # uint8 (T, h, w, 3), streamed
+                frames = _fit(source.read_all(), self.frame_shape)  # uint8 (T, H, W, 3), streamed
         except MediaError as e:
             raise DatasetError(str(e)) from None
-        video = _to_float(_fit(frames, self.frame_shape))  # (N, H, W, 3)
+        video = _to_float(frames)  # (N, H, W, 3)
         out = {}
         if self.is_train:
             if self.transform is not None:

@@ -239,6 +239,12 @@ class VideoSource:
         """Frames at `indices` (any order, repeats allowed) -> uint8 (N, H, W, 3)."""
         raise NotImplementedError
 
+    def read_span(self, indices: Sequence[int]) -> dict:
+        """{frame index: uint8 (H, W, 3)} for `indices` and every other frame decoded on the way
+        (for a compressed video, those from the key frame before each one): worth caching."""
+        wanted = sorted(set(self._check(indices)))
+        return dict(zip(wanted, self.read(wanted)))
+
     def __iter__(self) -> Iterator[np.ndarray]:
         for i in range(self.num_frames):
             yield self.read([i])[0]
@@ -291,49 +297,61 @@ class FfmpegSource(VideoSource):
                 hi = mid - 1
         return lo
 
-    def read(self, indices: Sequence[int]) -> np.ndarray:
-        idx = self._check(indices)
-        wanted = sorted(set(idx))
-        # Group wanted frames into runs: a new ffmpeg call when a key frame lies past the previous one.
+    def _runs(self, indices: Sequence[int]) -> list:
+        """Sorted unique frames grouped into runs; each run is one ffmpeg call that seeks to the
+        key frame before its first frame. A new run starts when a key frame lies past the
+        previous wanted frame (seeking there beats decoding through)."""
         runs, cur = [], []
-        for i in wanted:
-            k = self._key_before(i)
-            if cur and self._seek.key_index[k] > cur[-1]:
+        for i in sorted(set(indices)):
+            if cur and self._seek.key_index[self._key_before(i)] > cur[-1]:
                 runs.append(cur)
                 cur = []
             cur.append(i)
-        if cur:
-            runs.append(cur)
+        return runs + [cur] if cur else runs
+
+    def read(self, indices: Sequence[int]) -> np.ndarray:
+        idx = self._check(indices)
         got = {}
-        for run in runs:
-            got.update(self._decode_run(run))
+        for run in self._runs(idx):
+            got.update(self._decode_run(run, keep_all=False))
         return np.stack([got[i] for i in idx])
 
-    def _decode_run(self, run: list) -> dict:
+    def read_span(self, indices: Sequence[int]) -> dict:
+        got = {}
+        for run in self._runs(self._check(indices)):
+            got.update(self._decode_run(run, keep_all=True))
+        return got
+
+    def _decode_run(self, run: list, keep_all: bool) -> dict:
+        """Decode from the key frame before run[0] up to run[-1]; return the frames of `run`
+        (ffmpeg's select filter drops the others before RGB conversion), or all of them."""
         k = self._key_before(run[0])
         start, t = self._seek.key_index[k], self._seek.key_time[k]
         h, w = self.info.height, self.info.width
-        expr = '+'.join('eq(n\\,%d)' % (i - start) for i in run)
+        out = list(range(start, run[-1] + 1)) if keep_all else run
         cmd = [ffmpeg_exe(), '-hide_banner', '-nostdin', '-loglevel', 'error',
                '-threads', str(self.decode_threads)]
         if t is not None:
             cmd += ['-ss', t]
-        cmd += ['-i', self.path, '-map', '0:v:0', '-vf', 'select=' + expr, '-fps_mode', 'passthrough',
-                '-frames:v', str(len(run)), '-f', 'rawvideo', '-pix_fmt', 'rgb24', '-']
+        cmd += ['-i', self.path, '-map', '0:v:0']
+        if not keep_all:
+            cmd += ['-vf', 'select=' + '+'.join('eq(n\\,%d)' % (i - start) for i in run)]
+        cmd += ['-fps_mode', 'passthrough', '-frames:v', str(len(out)),
+                '-f', 'rawvideo', '-pix_fmt', 'rgb24', '-']
         res = _run(cmd, self.path)
         decode_stats['processes'] += 1
         decode_stats['decoded'] += run[-1] - start + 1
         frames = np.frombuffer(res.stdout, np.uint8)
         n = frames.size // (h * w * 3)
-        if n < len(run):
+        if n < len(out):
             if n == 0 and res.returncode != 0:
                 raise MediaError('%s: cannot decode (%s)' % (self.path, _one_line(
                     RuntimeError(res.stderr.decode('utf-8', 'replace')))))
             raise MediaError('%s: truncated or corrupt video (frame %d of %d could not be decoded)'
-                             % (self.path, run[n], self.num_frames))
-        frames = frames[:len(run) * h * w * 3].reshape(len(run), h, w, 3)
-        decode_stats['returned'] += len(run)
-        return dict(zip(run, frames))
+                             % (self.path, out[n], self.num_frames))
+        frames = frames[:len(out) * h * w * 3].reshape(len(out), h, w, 3)
+        decode_stats['returned'] += len(out)
+        return dict(zip(out, frames))
 
     def __iter__(self) -> Iterator[np.ndarray]:
         h, w = self.info.height, self.info.width
@@ -397,6 +415,10 @@ class GifSource(VideoSource):
         except Exception as e:
             raise MediaError('%s: cannot read GIF frame (%s)' % (self.path, _one_line(e))) from None
         return np.stack([got[i] for i in idx])
+
+    def read_span(self, indices: Sequence[int]) -> dict:
+        last = max(self._check(indices))  # Pillow composes every frame up to `last` anyway
+        return dict(zip(range(last + 1), self.read(range(last + 1))))
 
     def __iter__(self) -> Iterator[np.ndarray]:
         from PIL import Image
@@ -470,6 +492,10 @@ class StripSource(VideoSource):
         if self.axis == 1:
             return np.stack([image[:, i * w:(i + 1) * w] for i in idx])
         return np.stack([image[i * h:(i + 1) * h] for i in idx])
+
+    def read_span(self, indices: Sequence[int]) -> dict:
+        self._check(indices)  # the whole image is decoded anyway
+        return dict(enumerate(self.read(range(self.num_frames))))
 
     def __iter__(self) -> Iterator[np.ndarray]:
         yield from self.read(range(self.num_frames))
@@ -549,12 +575,15 @@ class VideoWriter:
 
     Frames go to a hidden temporary name beside `path`, renamed to `path` on close(); an error
     (or an exception inside the `with`) removes the temporary, so `path` is never half written.
+    `crf`/`preset`/`codec` set the encoder (libx264: lower crf = better); `gop` the key-frame
+    interval (ffmpeg's -g; short makes random frame access cheap, see FfmpegSource).
     Odd frame sizes are padded to even by repeating the last row/column (yuv420p needs even).
     GIF frames are kept in memory until close (Pillow writes a GIF in one go).
     """
 
     def __init__(self, path: PathLike, fps: float = 25.0, fmt: Optional[str] = None,
-                 crf: int = 18, preset: str = 'medium', codec: str = 'libx264'):
+                 crf: int = 18, preset: str = 'medium', codec: str = 'libx264',
+                 gop: Optional[int] = None):
         self.path = Path(path)
         self.fps = float(fps)
         if not self.fps > 0:
@@ -565,7 +594,7 @@ class VideoWriter:
         if fmt not in _MUXERS and fmt not in ('.gif', '.png'):
             raise ValueError('%s: unknown video format %r (use .mp4, .mov, .mkv, .avi, .gif or .png)'
                              % (self.path, fmt))
-        self.fmt, self.crf, self.preset, self.codec = fmt, crf, preset, codec
+        self.fmt, self.crf, self.preset, self.codec, self.gop = fmt, crf, preset, codec, gop
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = self.path.parent / ('.%s.partial-%d%s' % (self.path.name, os.getpid(),
                                                               '' if fmt == '.png' else fmt))
@@ -596,6 +625,8 @@ class VideoWriter:
                '-framerate', str(rate), '-i', '-', '-an', '-c:v', self.codec]
         if self.codec == 'libx264':
             cmd += ['-preset', self.preset, '-crf', str(self.crf)]
+        if self.gop:
+            cmd += ['-g', str(int(self.gop))]  # key-frame interval: short = cheap random access
         cmd += ['-pix_fmt', 'yuv420p']
         if _MUXERS[self.fmt] in ('mp4', 'mov'):
             cmd += ['-movflags', '+faststart']

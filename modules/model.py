@@ -189,6 +189,11 @@ class Vgg19(nn.Module):
         return feats
 
 
+def _bare(module):
+    """The network under a DistributedDataParallel wrapper (for its attributes)."""
+    return getattr(module, 'module', module)
+
+
 class GeneratorFullModel(nn.Module):
     """Keypoint detector + generator with every generator-side loss; returns (losses, generated)."""
 
@@ -199,8 +204,8 @@ class GeneratorFullModel(nn.Module):
         self.discriminator = discriminator
         self.train_params = train_params
         self.scales = train_params['scales']
-        self.disc_scales = discriminator.scales if discriminator is not None else []
-        self.pyramid = ImagePyramide(self.scales, generator.num_channels)
+        self.disc_scales = _bare(discriminator).scales if discriminator is not None else []
+        self.pyramid = ImagePyramide(self.scales, _bare(generator).num_channels)
         self.loss_weights = train_params['loss_weights']
         if sum(self.loss_weights['perceptual']) != 0:
             self.vgg = Vgg19(weights=train_params.get('vgg_weights', 'imagenet'))
@@ -276,8 +281,8 @@ class DiscriminatorFullModel(nn.Module):
         self.generator = generator
         self.discriminator = discriminator
         self.train_params = train_params
-        self.scales = self.discriminator.scales
-        self.pyramid = ImagePyramide(self.scales, generator.num_channels)
+        self.scales = _bare(discriminator).scales
+        self.pyramid = ImagePyramide(self.scales, _bare(generator).num_channels)
         self.loss_weights = train_params['loss_weights']
 
     def forward(self, x, generated):

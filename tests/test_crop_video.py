@@ -183,8 +183,9 @@ def test_help_shows_defaults(capsys):
     text = capsys.readouterr().out
     for flag, default in [("--increase", "0.1"), ("--iou_with_initial", "0.25"),
                           ("--min_frames", "150"), ("--detector", "face_alignment"),
-                          ("--image_shape", "(256, 256)")]:
+                          ("--image_shape", "256,256")]:
         assert flag in text and f"(default: {default})" in text
+    assert "(default: None)" not in text and "(default: False)" not in text
 
 
 # --------------------------------------------------------------------------- real detectors

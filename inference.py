@@ -1,0 +1,328 @@
+"""The one inference engine: a source image animated by a stream of driving frames.
+
+Used by `demo.py`, `reconstruction.py`, `animate.py` and as a Python API:
+
+    engine = AnimationEngine.from_checkpoint('config/vox-256.yaml', 'vox-cpk.pth.tar')
+    engine.set_source(photo)                       # (H, W, 3) uint8 or float in [0, 1]
+    for frame in engine.animate(driving_frames):   # any iterable of frames, streamed
+        writer.write(frame)                        # (H, W, 3) uint8
+
+Unlike the original per-frame loop, the source's keypoints and encoder features are computed once
+(`generator.encode`), the initial driving frame's keypoints once, and the driving frames go
+through keypoint detection, `normalize_kp`, the dense motion network and the decoder in batches.
+Nothing is accumulated: frames come out as they are made, so memory is flat in video length.
+"""
+from typing import Dict, Iterable, Iterator, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from animate import normalize_kp
+from runtime import autocast, resolve_device, resolve_precision
+
+Frame = Union[np.ndarray, torch.Tensor]
+KP = Dict[str, torch.Tensor]
+OUTPUTS = ('uint8', 'float', 'batch')
+FITS = ('resize', 'crop', 'none')
+
+
+# ----------------------------------------------------------------------------------- images
+def to_float_image(image: Frame, name: str = 'image') -> np.ndarray:
+    """Any decoded image -> float32 (H, W, 3) in [0, 1]: gray -> RGB, alpha dropped, uint8/uint16
+    scaled. A torch tensor is taken as (C, H, W)."""
+    if isinstance(image, torch.Tensor):
+        image = image.detach().float().cpu().numpy()
+        image = np.transpose(image, (1, 2, 0)) if image.ndim == 3 else image
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4):
+        raise ValueError('%s: expected an (H, W, C) image with 1-4 channels, got shape %s' % (name, a.shape))
+    if a.dtype == np.uint8:
+        a = a.astype(np.float32) / np.float32(255)
+    elif a.dtype == np.uint16:
+        a = a.astype(np.float32) / np.float32(65535)
+    elif a.dtype == bool:
+        a = a.astype(np.float32)
+    elif np.issubdtype(a.dtype, np.floating):
+        a = a.astype(np.float32, copy=False)
+    else:
+        raise ValueError('%s: unsupported pixel type %s' % (name, a.dtype))
+    if a.shape[2] in (1, 2):  # gray (+ alpha)
+        a = np.repeat(a[:, :, :1], 3, axis=2)
+    elif a.shape[2] == 4:  # as the original: the alpha channel is dropped
+        a = a[:, :, :3]
+    return np.ascontiguousarray(a)
+
+
+def fit_image(image: np.ndarray, size: Sequence[int], fit: str = 'resize') -> np.ndarray:
+    """(H, W, 3) image of any size -> (h, w, 3) of `size`, keeping its dtype.
+
+    'resize' stretches to the size (the original demo's behaviour), 'crop' cuts the largest
+    centred region with the target's aspect ratio first (no distortion), 'none' checks the size."""
+    import cv2
+
+    h, w = int(size[0]), int(size[1])
+    if fit not in FITS:
+        raise ValueError('--fit: %r is not one of %s' % (fit, ', '.join(FITS)))
+    ih, iw = image.shape[:2]
+    if (ih, iw) == (h, w):
+        return image
+    if fit == 'none':
+        raise ValueError('image is %dx%d, the model expects %dx%d (use --fit resize or crop)' % (iw, ih, w, h))
+    if fit == 'crop':
+        scale = min(ih / h, iw / w)
+        ch, cw = int(round(h * scale)), int(round(w * scale))
+        top, left = (ih - ch) // 2, (iw - cw) // 2
+        image = image[top:top + ch, left:left + cw]
+        ih, iw = image.shape[:2]
+    # area averaging when shrinking (anti-aliased), bilinear when enlarging
+    interp = cv2.INTER_AREA if (h <= ih and w <= iw) else cv2.INTER_LINEAR
+    out = cv2.resize(np.ascontiguousarray(image), (w, h), interpolation=interp)
+    return out.reshape(h, w, -1) if image.ndim == 3 else out
+
+
+def _stack_frames(frames: Sequence[Frame], device: torch.device) -> torch.Tensor:
+    """A list of frames -> float32 (B, 3, H, W) in [0, 1] on `device`.
+
+    uint8 frames travel as uint8 and are scaled on the device (4x less to copy to a GPU)."""
+    if all(isinstance(f, np.ndarray) and f.dtype == np.uint8 and f.ndim == 3 and f.shape[2] == 3 for f in frames):
+        batch = torch.from_numpy(np.stack(frames)).to(device, non_blocking=True)  # (B, H, W, 3)
+        return batch.permute(0, 3, 1, 2).float().div_(255)
+    if all(isinstance(f, torch.Tensor) and f.dim() == 3 and f.shape[0] == 3 and f.is_floating_point()
+           for f in frames):
+        return torch.stack([f.to(device, torch.float32) for f in frames])
+    arrays = [to_float_image(f, 'driving frame') for f in frames]
+    return torch.from_numpy(np.stack(arrays)).to(device).permute(0, 3, 1, 2).contiguous()
+
+
+def _take(kp: KP, index: slice) -> KP:
+    return {k: v[index] for k, v in kp.items()}
+
+
+def _expand(kp: KP, batch: int) -> KP:
+    """(1, ...) keypoints viewed as (B, ...), no copy."""
+    return {k: v.expand(batch, *v.shape[1:]) for k, v in kp.items()}
+
+
+# ----------------------------------------------------------------------------------- engine
+class AnimationEngine:
+    """Owns a generator and a keypoint detector in eval mode on one device, at one precision.
+
+    Args:
+        generator, kp_detector: the networks (moved to `device` and put in eval mode).
+        device: 'cpu', 'cuda', 'cuda:N', a torch.device, or None (cuda when available).
+        precision: 'auto' | 'fp32' | 'bf16' | 'fp16' (runtime.resolve_precision: auto is bf16
+            on CUDA and on CPUs with native bf16, else fp32).
+        batch_size: driving frames per forward pass.
+        channels_last: NHWC memory layout for the convolutions (measure: see bench/).
+        compile: torch.compile the keypoint detector, dense motion network and decoder.
+    """
+
+    def __init__(self, generator: torch.nn.Module, kp_detector: torch.nn.Module,
+                 device: Union[str, torch.device, None] = None, precision: str = 'auto', batch_size: int = 4,
+                 channels_last: bool = False, compile: bool = False):
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        if int(batch_size) < 1:
+            raise ValueError('--batch_size: must be >= 1, got %r' % batch_size)
+        self.batch_size = int(batch_size)
+        self.channels_last = bool(channels_last)
+        self.generator = generator.to(self.device).eval()
+        self.kp_detector = kp_detector.to(self.device).eval()
+        if self.channels_last:
+            self.generator.to(memory_format=torch.channels_last)
+            self.kp_detector.to(memory_format=torch.channels_last)
+        self._kp_fn = self.kp_detector
+        self._dense_motion_fn = self.generator.dense_motion_network
+        self._decode_fn = self.generator.decode
+        if compile:
+            self._kp_fn = torch.compile(self.kp_detector, dynamic=False)
+            if self._dense_motion_fn is not None:
+                self._dense_motion_fn = torch.compile(self._dense_motion_fn, dynamic=False)
+            self._decode_fn = torch.compile(self.generator.decode, dynamic=False)
+        self.source: Optional[torch.Tensor] = None  # (1, 3, H, W)
+        self.kp_source: Optional[KP] = None  # (1, K, 2), (1, K, 2, 2)
+        self.encoded: Optional[torch.Tensor] = None  # (1, C', H/2^d, W/2^d)
+        self.config = None
+
+    # ----------------------------------------------------------------------- construction
+    @classmethod
+    def from_checkpoint(cls, config_path: str, checkpoint_path: str, device=None, precision: str = 'auto',
+                        batch_size: int = 4, **kwargs) -> 'AnimationEngine':
+        """Networks built from a YAML config, weights from a checkpoint (weights_only=True)."""
+        generator, kp_detector, config = load_networks(config_path, checkpoint_path)
+        engine = cls(generator, kp_detector, device=device, precision=precision, batch_size=batch_size, **kwargs)
+        engine.config = config
+        return engine
+
+    @property
+    def frame_shape(self) -> Optional[tuple]:
+        """(H, W) of the config's frames, when built from a config."""
+        return tuple(self.config.dataset_params.frame_shape[:2]) if self.config is not None else None
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    # ----------------------------------------------------------------------------- source
+    def to_tensor(self, image: Frame) -> torch.Tensor:
+        """One image -> float32 (1, 3, H, W) on the device."""
+        return _stack_frames([image], self.device)
+
+    @torch.inference_mode()
+    def set_source(self, image: Frame) -> None:
+        """Compute the source's keypoints and encoder features once.
+
+        image: (H, W, C) numpy (uint8, uint16 or float in [0, 1]; gray and RGBA accepted) or a
+        (3, H, W) float tensor. The output frames have the source's size."""
+        source = self._layout(self.to_tensor(image))
+        with autocast(self.device, self.precision):
+            self.kp_source = self._kp_fn(source)
+            self.encoded = self.generator.encode(source)
+        self.source = source
+
+    @torch.inference_mode()
+    def keypoints(self, image: Frame) -> KP:
+        """Keypoints of one image: {'value': (1, K, 2), 'jacobian': (1, K, 2, 2)}."""
+        with autocast(self.device, self.precision):
+            return self._kp_fn(self._layout(self.to_tensor(image)))
+
+    # ---------------------------------------------------------------------------- driving
+    def _batches(self, frames: Iterable[Frame]) -> Iterator[torch.Tensor]:
+        chunk = []
+        for frame in frames:
+            chunk.append(frame)
+            if len(chunk) == self.batch_size:
+                yield _stack_frames(chunk, self.device)
+                chunk = []
+        if chunk:
+            yield _stack_frames(chunk, self.device)
+
+    def _generate(self, kp_driving: KP, batch: int, extras: bool) -> Dict[str, torch.Tensor]:
+        """Dense motion + warp of the cached encoding + decoder, for `batch` driving poses."""
+        source = self.source.expand(batch, -1, -1, -1)  # (B, 3, H, W), no copy
+        kp_source = _expand(self.kp_source, batch)
+        out = self.encoded.expand(batch, -1, -1, -1)  # (B, C', h, w), no copy
+        result = {}
+        if self._dense_motion_fn is not None:
+            motion = self._dense_motion_fn(source_image=source, kp_driving=kp_driving, kp_source=kp_source)
+            deformation = motion['deformation']  # (B, h', w', 2)
+            out = self.generator.deform_input(out, deformation)
+            occlusion = motion.get('occlusion_map')  # (B, 1, h', w')
+            if occlusion is not None:
+                if out.shape[2:] != occlusion.shape[2:]:
+                    occlusion = F.interpolate(occlusion, size=out.shape[2:], mode='bilinear', align_corners=False)
+                out = out * occlusion.to(out.dtype)  # Eq. (8)
+            if extras:
+                result['deformed'] = self.generator.deform_input(source, deformation)
+                result['mask'] = motion['mask']
+                if 'occlusion_map' in motion:
+                    result['occlusion_map'] = motion['occlusion_map']
+        result['prediction'] = self._decode_fn(self._layout(out))  # (B, 3, H, W)
+        return result
+
+    @torch.inference_mode()
+    def stream(self, driving_frames: Iterable[Frame], relative: bool = True, adapt_scale: bool = False,
+               relative_jacobian: bool = True, initial_frame: Optional[Frame] = None,
+               extras: bool = False) -> Iterator[Dict[str, object]]:
+        """Per batch of driving frames: {'prediction': float32 (B, 3, H, W) on the device,
+        'kp_driving', 'kp_norm', 'driving': (B, 3, H', W')} (+ 'deformed', 'mask', 'occlusion_map'
+        with `extras`).
+
+        relative: transfer motion relative to the initial driving frame (Sec. 3.5), else use the
+            driving keypoints as they are (absolute; reconstruction uses this).
+        adapt_scale: scale the motion by the ratio of the source's and the initial driving
+            frame's keypoint hull areas. relative_jacobian: compose Jacobians relatively too.
+        initial_frame: the driving frame the motion is relative to (default: the first one;
+            `--find_best_frame` passes the frame whose pose best matches the source).
+        """
+        if self.source is None:
+            raise RuntimeError('AnimationEngine: call set_source(image) before animating')
+        kp_initial = self.keypoints(initial_frame) if initial_frame is not None else None
+        for driving in self._batches(driving_frames):
+            batch = driving.shape[0]
+            driving = self._layout(driving)
+            with autocast(self.device, self.precision):
+                kp_driving = self._kp_fn(driving)
+                if kp_initial is None:
+                    kp_initial = _take(kp_driving, slice(0, 1))  # computed once, with the first batch
+                kp_norm = normalize_kp(kp_source=self.kp_source, kp_driving=kp_driving,
+                                       kp_driving_initial=kp_initial, adapt_movement_scale=adapt_scale,
+                                       use_relative_movement=relative,
+                                       use_relative_jacobian=relative and relative_jacobian)
+                kp_norm = {k: v.expand(batch, *v.shape[1:]) for k, v in kp_norm.items()}
+                result = self._generate(kp_norm, batch, extras)
+            result['prediction'] = result['prediction'].float()
+            result.update(kp_driving=kp_driving, kp_norm=kp_norm, driving=driving)
+            yield result
+
+    def animate(self, driving_frames: Iterable[Frame], relative: bool = True, adapt_scale: bool = False,
+                relative_jacobian: bool = True, initial_frame: Optional[Frame] = None,
+                output: str = 'uint8') -> Iterator:
+        """Animate the source by `driving_frames` (an iterable, consumed lazily).
+
+        output: 'uint8' -> (H, W, 3) uint8 frames; 'float' -> (H, W, 3) float32 frames in [0, 1];
+        'batch' -> float32 (B, 3, H, W) tensors on the device, one per batch."""
+        if output not in OUTPUTS:
+            raise ValueError('output: %r is not one of %s' % (output, ', '.join(OUTPUTS)))
+        for result in self.stream(driving_frames, relative=relative, adapt_scale=adapt_scale,
+                                  relative_jacobian=relative_jacobian, initial_frame=initial_frame):
+            prediction = result['prediction']
+            if output == 'batch':
+                yield prediction
+            elif output == 'uint8':
+                yield from to_uint8_frames(prediction)
+            else:
+                yield from prediction.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def to_uint8_frames(batch: torch.Tensor) -> np.ndarray:
+    """float (B, 3, H, W) in [0, 1] -> uint8 (B, H, W, 3), rounded on the device."""
+    return batch.detach().float().clamp(0, 1).mul(255).round_().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def load_networks(config_path: str, checkpoint_path: Optional[str]):
+    """(generator, kp_detector, config) from a YAML config and a checkpoint (eval mode, CPU).
+
+    Errors: config.ConfigError (names the file/key), checkpoint.CheckpointError (names the file
+    and the first tensor that does not fit)."""
+    from config import load_config
+    from logger import Logger
+    from modules.model import build_networks
+
+    config = load_config(config_path)
+    generator, kp_detector, _ = build_networks(config.to_dict()['model_params'])
+    if checkpoint_path is not None:
+        Logger.load_cpk(checkpoint_path, generator=generator, kp_detector=kp_detector)
+    return generator.eval(), kp_detector.eval(), config
+
+
+@torch.inference_mode()
+def per_frame_animation(source_image: np.ndarray, driving_video: Sequence[np.ndarray], generator: torch.nn.Module,
+                        kp_detector: torch.nn.Module, relative: bool = True, adapt_movement_scale: bool = False,
+                        device: Union[str, torch.device] = 'cpu') -> list:
+    """The original's per-frame loop, kept as the reference that tests and benchmarks compare the
+    engine against: every frame re-detects the source keypoints and re-encodes the source (as
+    the original animate.py/reconstruction.py did), runs the full generator, and keeps every frame
+    in a list as float64 (as the original demo's make_animation + skimage did). fp32 only.
+
+    source_image (H, W, 3) and driving_video frames (H, W, 3) float in [0, 1] -> list of float64
+    (H, W, 3) frames."""
+    device = torch.device(device)
+
+    def tensor(image):  # (H, W, 3) -> (1, 3, H, W)
+        return torch.tensor(np.asarray(image, dtype=np.float32)[np.newaxis]).permute(0, 3, 1, 2).to(device)
+
+    source = tensor(source_image)
+    kp_driving_initial = kp_detector(tensor(driving_video[0]))
+    predictions = []
+    for frame in driving_video:
+        kp_source = kp_detector(source)
+        kp_driving = kp_detector(tensor(frame))
+        kp_norm = normalize_kp(kp_source=kp_source, kp_driving=kp_driving, kp_driving_initial=kp_driving_initial,
+                               use_relative_movement=relative, use_relative_jacobian=relative,
+                               adapt_movement_scale=adapt_movement_scale)
+        out = generator(source, kp_source=kp_source, kp_driving=kp_norm)
+        predictions.append(np.transpose(out['prediction'].cpu().numpy(), [0, 2, 3, 1])[0].astype(np.float64))
+    return predictions

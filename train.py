@@ -1,0 +1,225 @@
+"""The training loop: one file, top to bottom (Sec. 3.4 of the paper for the losses).
+
+Each step: keypoints of source and driving, generator reconstructs the driving frame, the
+generator-side losses (perceptual, GAN + feature matching, equivariance) update generator and
+keypoint detector; then, when the GAN weight is non-zero, the discriminator is updated. Adam
+(betas 0.5, 0.999) per network, MultiStepLR at `epoch_milestones` (gamma 0.1).
+
+Several processes: launched by `torchrun`, each network is wrapped in DistributedDataParallel
+(nccl on GPU, gloo on CPU), the data is split by a DistributedSampler, and only rank 0 logs and
+saves. Mixed precision with `torch.autocast` (bf16, or fp16 with a GradScaler).
+Resume restores epoch, models, optimizers and schedulers. SIGINT/SIGTERM save a checkpoint and
+stop cleanly; a non-finite loss stops training and keeps the last good checkpoint.
+"""
+import math
+import os
+import signal
+import warnings
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch.optim.lr_scheduler import MultiStepLR
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from frames_dataset import DatasetRepeater, default_num_workers, worker_init_fn
+from logger import Logger
+from modules.model import DiscriminatorFullModel, GeneratorFullModel
+from runtime import autocast
+
+SCHEDULER_KEYS = ('scheduler_generator', 'scheduler_kp_detector', 'scheduler_discriminator')
+
+
+class TrainingStopped(RuntimeError):
+    """Training could not go on (non-finite loss); the message says why and what was kept."""
+
+
+def ddp_info():
+    """(is_ddp, rank, local_rank, world_size) from torchrun's environment."""
+    if int(os.environ.get('RANK', -1)) == -1:
+        return False, 0, 0, 1
+    return True, int(os.environ['RANK']), int(os.environ.get('LOCAL_RANK', 0)), int(os.environ['WORLD_SIZE'])
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop saves and leaves at the end of the current step."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second Ctrl-C: leave at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def train(config, generator, discriminator, kp_detector, checkpoint: Optional[str], log_dir: str, dataset,
+          device: torch.device, precision: str = 'fp32', num_workers: Optional[int] = None, sync_bn: bool = False,
+          log_freq: int = 10, verbose: bool = False, max_steps: Optional[int] = None):
+    """Train on `dataset` (a FramesDataset in training mode); `config` is a config.Config.
+
+    `max_steps` stops after that many steps in total (a budget for smoke tests and the learning
+    check), saving a checkpoint as at the end of an epoch.
+    """
+    tp = config.train_params
+    train_params = config.to_dict()['train_params']
+    is_ddp, rank, local_rank, world = ddp_info()
+    master = rank == 0
+
+    generator.to(device), discriminator.to(device), kp_detector.to(device)
+    optimizer_generator = torch.optim.Adam(generator.parameters(), lr=tp.lr_generator, betas=(0.5, 0.999))
+    optimizer_discriminator = torch.optim.Adam(discriminator.parameters(), lr=tp.lr_discriminator, betas=(0.5, 0.999))
+    optimizer_kp_detector = torch.optim.Adam(kp_detector.parameters(), lr=tp.lr_kp_detector, betas=(0.5, 0.999))
+    schedulers = {
+        'scheduler_generator': MultiStepLR(optimizer_generator, tp.epoch_milestones, gamma=0.1),
+        'scheduler_discriminator': MultiStepLR(optimizer_discriminator, tp.epoch_milestones, gamma=0.1),
+        'scheduler_kp_detector': MultiStepLR(optimizer_kp_detector, tp.epoch_milestones, gamma=0.1),
+    }
+
+    start_epoch = 0
+    if checkpoint is not None:
+        from checkpoint import read_checkpoint
+        saved = read_checkpoint(checkpoint)
+        last = Logger.load_cpk(checkpoint, generator, discriminator, kp_detector, optimizer_generator,
+                               optimizer_discriminator, optimizer_kp_detector, schedulers=schedulers,
+                               verbose=master)
+        start_epoch = last + 1  # the saved epoch is complete
+        if not any(k in saved for k in SCHEDULER_KEYS):  # an original checkpoint: replay the milestones
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                for sched in schedulers.values():
+                    for _ in range(start_epoch):
+                        sched.step()
+        del saved
+
+    if sync_bn and is_ddp:
+        generator = torch.nn.SyncBatchNorm.convert_sync_batchnorm(generator)
+        kp_detector = torch.nn.SyncBatchNorm.convert_sync_batchnorm(kp_detector)
+    gan = tp.loss_weights.generator_gan != 0
+    if is_ddp:
+        ids = [local_rank] if device.type == 'cuda' else None
+        wrap = lambda m: torch.nn.parallel.DistributedDataParallel(m, device_ids=ids)  # noqa: E731
+        generator, kp_detector = wrap(generator), wrap(kp_detector)
+        if gan:
+            discriminator = wrap(discriminator)
+    generator_full = GeneratorFullModel(kp_detector, generator, discriminator, train_params).to(device)
+    discriminator_full = DiscriminatorFullModel(kp_detector, generator, discriminator, train_params).to(device)
+
+    if tp.num_repeats > 1:
+        dataset = DatasetRepeater(dataset, tp.num_repeats)
+    sampler = torch.utils.data.distributed.DistributedSampler(dataset, shuffle=True) if is_ddp else None
+    workers = num_workers if num_workers is not None else (
+        tp.num_workers if tp.num_workers is not None else default_num_workers())
+    batch_size = tp.batch_size
+    if len(dataset) // world < batch_size:
+        raise ValueError('train_params.batch_size: %d is larger than the %d samples per process of one epoch; '
+                         'lower it or raise train_params.num_repeats' % (batch_size, len(dataset) // world))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+                        num_workers=workers, drop_last=True, worker_init_fn=worker_init_fn,
+                        pin_memory=device.type == 'cuda', persistent_workers=workers > 0)
+
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == 'fp16')
+    models = {'generator': generator, 'discriminator': discriminator, 'kp_detector': kp_detector,
+              'optimizer_generator': optimizer_generator, 'optimizer_discriminator': optimizer_discriminator,
+              'optimizer_kp_detector': optimizer_kp_detector, **schedulers}
+    logger = Logger(log_dir, checkpoint_freq=tp.checkpoint_freq, visualizer_params=config.to_dict()['visualizer_params'],
+                    config=config.to_dict(), tensorboard=master) if master else None
+    step = 0
+    stopped_early = False
+    try:
+        with _StopFlag() as stop:
+            for epoch in range(start_epoch, tp.num_epochs):
+                if sampler is not None:
+                    sampler.set_epoch(epoch)
+                sums, count = {}, 0
+                bar = tqdm(loader, desc='epoch %d/%d' % (epoch + 1, tp.num_epochs), disable=not master,
+                           leave=verbose, dynamic_ncols=True)
+                for x in bar:
+                    x = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in x.items()}
+                    with autocast(device, precision):
+                        losses_generator, generated = generator_full(x)
+                    loss = sum(v.mean() for v in losses_generator.values())
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer_generator)
+                    scaler.step(optimizer_kp_detector)
+                    scaler.update()
+                    optimizer_generator.zero_grad(set_to_none=True)
+                    optimizer_kp_detector.zero_grad(set_to_none=True)
+
+                    losses = {k: v.detach().mean() for k, v in losses_generator.items()}
+                    if gan:
+                        optimizer_discriminator.zero_grad(set_to_none=True)
+                        with autocast(device, precision):
+                            losses_discriminator = discriminator_full(x, generated)
+                        dloss = sum(v.mean() for v in losses_discriminator.values())
+                        scaler.scale(dloss).backward()
+                        scaler.step(optimizer_discriminator)
+                        scaler.update()
+                        optimizer_discriminator.zero_grad(set_to_none=True)
+                        losses.update({k: v.detach().mean() for k, v in losses_discriminator.items()})
+
+                    for k, v in losses.items():  # device tensors: no sync here
+                        sums[k] = sums[k] + v.float() if k in sums else v.float()
+                    count += 1
+                    step += 1
+                    if count % log_freq == 0 or stop.requested or (max_steps and step >= max_steps):
+                        _flush(sums, count, logger, bar, epoch)
+                        sums, count = {}, 0
+                    if stop.requested:
+                        break
+                    if max_steps and step >= max_steps:
+                        break
+                if count:
+                    _flush(sums, count, logger, bar, epoch)
+                if stop.requested:
+                    stopped_early = True
+                    if master:
+                        logger.epoch, logger.models = epoch - 1, models  # the current epoch is incomplete
+                        path = logger.save_cpk(emergent=True)
+                        tqdm.write('interrupted: saved %s (resume with --checkpoint %s)' % (path, path))
+                    break
+                for sched in schedulers.values():
+                    sched.step()
+                if master:
+                    means = logger.log_epoch(epoch, models, x, generated)
+                    if max_steps and step >= max_steps and (epoch + 1) % tp.checkpoint_freq != 0:
+                        logger.save_cpk()
+                    if verbose:
+                        tqdm.write('epoch %d: %s' % (epoch, ', '.join('%s %.4f' % kv for kv in means.items())))
+                if max_steps and step >= max_steps:
+                    break
+            else:
+                # finished all epochs: make sure the last one is on disk
+                if master and logger.epoch >= 0 and (logger.epoch + 1) % tp.checkpoint_freq != 0:
+                    logger.save_cpk()
+    finally:
+        if logger is not None:
+            logger.close()
+    return {'stopped_early': stopped_early, 'steps': step}
+
+
+def _flush(sums, count, logger, bar, epoch):
+    """Pull the summed losses off the device once per log interval; stop on a non-finite one."""
+    values = {k: v.item() for k, v in sums.items()}
+    bad = [k for k, v in values.items() if not math.isfinite(v)]
+    if bad:
+        raise TrainingStopped('non-finite loss %s at epoch %d: training stopped; the last good checkpoint '
+                              'is kept unchanged (lower the learning rates or use --precision fp32)'
+                              % (', '.join(bad), epoch))
+    if logger is not None:
+        logger.log_iter(values, count)
+        bar.set_postfix({k: '%.3f' % (v / count) for k, v in values.items()}, refresh=False)
