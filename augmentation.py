@@ -29,11 +29,13 @@ def process_rng(seed: int = 0, stream: Optional[int] = None) -> np.random.Genera
     """A Generator for this process: seeded from (seed, stream), stream defaulting to
     torch.initial_seed(), which in a DataLoader worker is base_seed + worker_id (base_seed drawn
     from the main process's torch generator each epoch). So workers differ from each other and
-    from epoch to epoch, and a run seeded with torch.manual_seed is reproducible."""
+    from epoch to epoch, and a run seeded with torch.manual_seed is reproducible. The DDP rank
+    ($RANK, set by torchrun) is mixed in too, so ranks seeded alike still draw differently."""
     if stream is None:
         stream = torch.initial_seed()
+    rank = int(os.environ.get('RANK', '0') or 0)
     return np.random.default_rng(np.random.SeedSequence([int(seed) & (2 ** 64 - 1),
-                                                         int(stream) & (2 ** 64 - 1)]))
+                                                         int(stream) & (2 ** 64 - 1), rank]))
 
 
 def _check_keys(section: str, given: dict, allowed: Sequence[str]) -> None:

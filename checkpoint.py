@@ -84,3 +84,38 @@ def unwrap(module: Optional[torch.nn.Module]) -> Optional[torch.nn.Module]:
     while module is not None and hasattr(module, 'module') and isinstance(module.module, torch.nn.Module):
         module = module.module
     return module
+
+
+def slim(src: str, dst: str, half: bool = False) -> Dict[str, Any]:
+    """An inference-only copy: generator, kp_detector, epoch and config (no optimizers/discriminator)."""
+    state = read_checkpoint(src)
+    out = {k: state[k] for k in ('generator', 'kp_detector', 'epoch', 'config') if k in state}
+    if half:  # float16 storage halves the file; loading casts back to the model's float32
+        for k in ('generator', 'kp_detector'):
+            out[k] = {n: (t.half() if t.is_floating_point() else t) for n, t in out[k].items()}
+    out['format_version'] = FORMAT_VERSION
+    save_atomic(out, dst)
+    return out
+
+
+def main(argv=None) -> int:
+    import argparse
+    import sys
+    p = argparse.ArgumentParser(description='Write an inference-only copy of a checkpoint '
+                                            '(generator + keypoint detector + config).',
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('src', help='training checkpoint (.pth.tar)')
+    p.add_argument('dst', help='where to write the slim checkpoint')
+    p.add_argument('--half', action='store_true', help='store weights as float16 (half the size)')
+    args = p.parse_args(argv)
+    try:
+        slim(args.src, args.dst, args.half)
+    except CheckpointError as exc:
+        print('error: %s' % exc, file=sys.stderr)
+        return 1
+    print('%s: %.1f MB' % (args.dst, os.path.getsize(args.dst) / 2 ** 20))
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

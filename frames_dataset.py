@@ -63,6 +63,11 @@ def worker_init_fn(worker_id: int) -> None:
     seed = info.seed if info is not None else torch.initial_seed()
     np.random.seed(seed % 2 ** 32)  # for third-party code that still uses the global state
     random.seed(seed)
+    try:
+        import cv2
+        cv2.setNumThreads(1)  # resizing in many workers: no thread pool per worker
+    except ImportError:
+        pass
     _reseed_tree(info.dataset if info is not None else None, seed, set())
 
 
@@ -247,10 +252,11 @@ class FramesDataset(Dataset):
         self.sources = self._probe(folder, names)
         names = sorted(self.sources)
         if self.is_train and self.id_sampling:
-            self._by_id = defaultdict(list)
+            by_id = defaultdict(list)
             for name in names:
-                self._by_id[_id_of(name)].append(name)
-            self.videos = sorted(self._by_id)
+                by_id[_id_of(name)].append(name)
+            self._by_id = dict(by_id)
+            self.videos = sorted(by_id)
         else:
             self._by_id = None
             self.videos = names
@@ -280,6 +286,8 @@ class FramesDataset(Dataset):
         if short:
             warnings.warn('%s: skipping %d video(s) with fewer than 2 frames: %s'
                           % (folder, len(short), ', '.join(short)), DatasetWarning, stacklevel=3)
+        if not sources and not short:
+            raise DatasetError('%s: no videos found (folders here hold no frame images)' % folder)
         if not sources:
             raise DatasetError('%s: no usable videos (all have fewer than 2 frames)' % folder)
         for msg in resized[:_MAX_WARNINGS]:
@@ -320,13 +328,15 @@ class FramesDataset(Dataset):
 
     def _read_pair(self, name: str, source: VideoSource, frame_idx: np.ndarray) -> np.ndarray:
         """uint8 (2, H, W, 3) at frame_shape, through the frame cache when enabled."""
-        if self.cache_bytes <= 0 or isinstance(source, FolderSource):  # a folder: nothing wasted
+        video_bytes = source.num_frames * int(np.prod(self.frame_shape))
+        if (self.cache_bytes <= 0 or video_bytes > self.cache_bytes
+                or isinstance(source, FolderSource)):  # a folder: reading two files wastes nothing
             return _fit(source.read(frame_idx), self.frame_shape)
         if self._cache is None or self._cache_pid != os.getpid():
             self._cache, self._cache_pid = _FrameCache(self.cache_bytes), os.getpid()
         frames = self._cache.get(name, frame_idx)
-        if frames is None:
-            span = {i: _fit(f[None], self.frame_shape)[0] for i, f in source.read_span(frame_idx).items()}
+        if frames is None:  # streamed and resized frame by frame: memory stays within the budget
+            span = {i: _fit(f[None], self.frame_shape)[0] for i, f in source.iter_span(frame_idx)}
             self._cache.put(name, source.num_frames, span)
             frames = np.stack([span[i] for i in frame_idx])
         return frames

@@ -12,11 +12,13 @@ Unlike the original per-frame loop, the source's keypoints and encoder features 
 through keypoint detection, `normalize_kp`, the dense motion network and the decoder in batches.
 Nothing is accumulated: frames come out as they are made, so memory is flat in video length.
 """
+import copy
 from typing import Dict, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from animate import normalize_kp
 from runtime import autocast, resolve_device, resolve_precision
@@ -106,6 +108,111 @@ def _expand(kp: KP, batch: int) -> KP:
     return {k: v.expand(batch, *v.shape[1:]) for k, v in kp.items()}
 
 
+# ------------------------------------------------------------------------- fast blocks
+# Engine-side fast paths: the same functions as the modules' blocks in eval mode, rewritten with
+# fewer operations. BatchNorm with running statistics is an affine map, so when it follows a
+# convolution it folds into the weights; nearest 2x upsampling followed by a 3x3 convolution is
+# four 2x2 convolutions of the low-resolution input, one per output pixel phase (2.25x fewer
+# multiply-adds). In fp32 the results differ from the modules' only by rounding (~1e-6).
+
+def _folded(conv: nn.Conv2d, norm: nn.Module) -> tuple:
+    """(weight, bias) of conv followed by eval-mode BatchNorm."""
+    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)  # (Co,)
+    weight = conv.weight * scale.view(-1, 1, 1, 1)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
+    return weight.detach().clone(), ((bias - norm.running_mean) * scale + norm.bias).detach().clone()
+
+
+class FusedConvBlock(nn.Module):
+    """SameBlock2d / DownBlock2d in eval mode: conv with BatchNorm folded in, ReLU, (avg pool)."""
+
+    def __init__(self, block: nn.Module, pool: bool):
+        super().__init__()
+        conv = block.conv
+        weight, bias = _folded(conv, block.norm)
+        self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                              conv.dilation, conv.groups, bias=True)
+        self.conv.weight.data.copy_(weight)
+        self.conv.bias.data.copy_(bias)
+        self.pool = block.pool if pool else None
+
+    def forward(self, x):
+        out = F.relu(self.conv(x))
+        return self.pool(out) if self.pool is not None else out
+
+
+class FusedUpBlock(nn.Module):
+    """UpBlock2d in eval mode (nearest 2x, 3x3 conv, BatchNorm, ReLU) as sub-pixel 2x2 convs.
+
+    Output pixel (2i+a, 2j+b) sees input rows {i-1, i} (a=0) or {i, i+1} (a=1), and likewise
+    for columns, with the 3x3 taps that land on the same input pixel summed: one 2x2 convolution
+    with 4*Co outputs over the zero-padded input gives all four phases."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        weight, bias = _folded(block.conv, block.norm)  # (Co, Ci, 3, 3), (Co,)
+        # taps[a] maps the 3 kernel rows onto the 2 input rows seen by output phase a
+        taps = weight.new_tensor([[[1, 0, 0], [0, 1, 1]], [[1, 1, 0], [0, 0, 1]]])  # (2 phases, 2, 3)
+        phases = torch.einsum('aur,bvs,oirs->aboiuv', taps, taps, weight)  # (2, 2, Co, Ci, 2, 2)
+        self.out_channels = weight.shape[0]
+        self.weight = nn.Parameter(phases.reshape(4 * self.out_channels, weight.shape[1], 2, 2).contiguous(),
+                                   requires_grad=False)
+        self.bias = nn.Parameter(bias.repeat(4), requires_grad=False)
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        y = F.conv2d(F.pad(x, (1, 1, 1, 1)), self.weight, self.bias)  # (B, 4*Co, h+1, w+1)
+        y = y.view(b, 2, 2, self.out_channels, h + 1, w + 1)
+        # phase (a, b) is the window starting at (a, b); interleave to (B, Co, 2h, 2w)
+        rows = [torch.stack([y[:, a, c, :, a:a + h, c:c + w] for c in (0, 1)], dim=-1) for a in (0, 1)]
+        out = torch.stack(rows, dim=3)  # (B, Co, h, 2, w, 2)
+        out = out.reshape(b, self.out_channels, 2 * h, 2 * w)
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            out = out.contiguous(memory_format=torch.channels_last)
+        return F.relu(out)
+
+
+class FusedResBlock(nn.Module):
+    """ResBlock2d in eval mode: the BatchNorm after conv1 folded into it."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.norm1 = block.norm1
+        conv1 = block.conv1
+        weight, bias = _folded(conv1, block.norm2)
+        self.conv1 = nn.Conv2d(conv1.in_channels, conv1.out_channels, conv1.kernel_size, padding=conv1.padding)
+        self.conv1.weight.data.copy_(weight)
+        self.conv1.bias.data.copy_(bias)
+        self.conv2 = block.conv2
+
+    def forward(self, x):
+        out = self.conv2(F.relu(self.conv1(F.relu(self.norm1(x)))))
+        return out + x
+
+
+def fuse_for_inference(module: nn.Module) -> nn.Module:
+    """A copy of `module` for eval-mode inference with every block of modules.util replaced by its
+    fused form. The copy shares all other parameters and buffers with `module` (no weight copy);
+    `module` itself is left untouched. Blocks with other shapes than these stay as they are."""
+    from modules.util import DownBlock2d, ResBlock2d, SameBlock2d, UpBlock2d
+
+    if isinstance(module, UpBlock2d) and module.conv.kernel_size == (3, 3) and module.conv.padding == (1, 1) \
+            and module.conv.groups == 1 and module.conv.stride == (1, 1) and module.conv.dilation == (1, 1):
+        return FusedUpBlock(module)
+    if isinstance(module, DownBlock2d):
+        return FusedConvBlock(module, pool=True)
+    if isinstance(module, SameBlock2d):
+        return FusedConvBlock(module, pool=False)
+    if isinstance(module, ResBlock2d):
+        return FusedResBlock(module)
+    clone = copy.copy(module)
+    clone._parameters = dict(module._parameters)
+    clone._buffers = dict(module._buffers)
+    clone._modules = {name: (fuse_for_inference(child) if child is not None else None)
+                      for name, child in module._modules.items()}
+    return clone
+
+
 # ----------------------------------------------------------------------------------- engine
 class AnimationEngine:
     """Owns a generator and a keypoint detector in eval mode on one device, at one precision.
@@ -116,27 +223,38 @@ class AnimationEngine:
         precision: 'auto' | 'fp32' | 'bf16' | 'fp16' (runtime.resolve_precision: auto is bf16
             on CUDA and on CPUs with native bf16, else fp32).
         batch_size: driving frames per forward pass.
-        channels_last: NHWC memory layout for the convolutions (measure: see bench/).
+        channels_last: NHWC memory layout for the convolutions; None: on for bf16/fp16, off for
+            fp32 (measured in bench/bench_animate.py).
+        fuse: run the per-frame networks as `fuse_for_inference` copies (BatchNorm folded into
+            the convolutions, upsampling convolutions split by output phase); same weights.
         compile: torch.compile the keypoint detector, dense motion network and decoder.
     """
 
     def __init__(self, generator: torch.nn.Module, kp_detector: torch.nn.Module,
                  device: Union[str, torch.device, None] = None, precision: str = 'auto', batch_size: int = 4,
-                 channels_last: bool = False, compile: bool = False):
+                 channels_last: Optional[bool] = None, fuse: bool = True, compile: bool = False):
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         if int(batch_size) < 1:
             raise ValueError('--batch_size: must be >= 1, got %r' % batch_size)
         self.batch_size = int(batch_size)
+        if channels_last is None:  # NHWC feeds bf16/fp16 matrix units (AMX, tensor cores) best
+            channels_last = self.precision != 'fp32'
         self.channels_last = bool(channels_last)
         self.generator = generator.to(self.device).eval()
         self.kp_detector = kp_detector.to(self.device).eval()
         if self.channels_last:
             self.generator.to(memory_format=torch.channels_last)
             self.kp_detector.to(memory_format=torch.channels_last)
-        self._kp_fn = self.kp_detector
-        self._dense_motion_fn = self.generator.dense_motion_network
-        self._decode_fn = self.generator.decode
+        # the networks that run per driving frame: fused copies (shared weights) or the modules
+        fast_generator = fuse_for_inference(self.generator) if fuse else self.generator
+        fast_kp_detector = fuse_for_inference(self.kp_detector) if fuse else self.kp_detector
+        if self.channels_last:
+            fast_generator.to(memory_format=torch.channels_last)
+            fast_kp_detector.to(memory_format=torch.channels_last)
+        self._kp_fn = fast_kp_detector
+        self._dense_motion_fn = fast_generator.dense_motion_network
+        self._decode_fn = fast_generator.decode
         if compile:
             self._kp_fn = torch.compile(self.kp_detector, dynamic=False)
             if self._dense_motion_fn is not None:

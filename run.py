@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--vgg_weights', default=None,
                    help="override train_params.vgg_weights: 'imagenet', 'seeded' (fixed random weights) or a path")
     p.add_argument('--max_steps', type=int, default=None, help='train: stop after this many steps in total')
+    p.add_argument('--max_minutes', type=float, default=None, help='train: stop after this many minutes')
     p.add_argument('--batch_size', type=int, default=16, help='reconstruction/animate: driving frames per batch')
     p.add_argument('--visualize', action='store_true', help='animate: also write side-by-side videos with keypoints')
     p.add_argument('--verbose', action='store_true', help='print per-epoch losses')
@@ -152,7 +153,7 @@ def main(argv=None) -> int:
             from train import train
             train(config, generator, discriminator, kp_detector, args.checkpoint, log_dir, dataset, device,
                   precision=precision, num_workers=args.num_workers, sync_bn=args.sync_bn,
-                  verbose=args.verbose, max_steps=args.max_steps)
+                  verbose=args.verbose, max_steps=args.max_steps, max_minutes=args.max_minutes)
         elif args.mode == 'reconstruction':
             from reconstruction import reconstruction
             reconstruction(config, generator, kp_detector, args.checkpoint, log_dir, dataset, device=device,
@@ -165,7 +166,9 @@ def main(argv=None) -> int:
             print(log_dir)
         return 0
     except user_errors as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        lines = [l for l in str(exc).strip().splitlines() if l.strip()]
+        # an error raised in a DataLoader worker comes back with the worker's traceback: keep its last line
+        msg = (lines[-1] if lines[0].startswith('Caught ') else lines[0]) if lines else type(exc).__name__
         print('error: %s' % msg, file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -69,12 +69,19 @@ class _StopFlag:
 
 def train(config, generator, discriminator, kp_detector, checkpoint: Optional[str], log_dir: str, dataset,
           device: torch.device, precision: str = 'fp32', num_workers: Optional[int] = None, sync_bn: bool = False,
-          log_freq: int = 10, verbose: bool = False, max_steps: Optional[int] = None):
+          log_freq: int = 10, verbose: bool = False, max_steps: Optional[int] = None,
+          max_minutes: Optional[float] = None):
     """Train on `dataset` (a FramesDataset in training mode); `config` is a config.Config.
 
-    `max_steps` stops after that many steps in total (a budget for smoke tests and the learning
-    check), saving a checkpoint as at the end of an epoch.
+    `max_steps` / `max_minutes` stop after that many steps / minutes of training in total (a budget
+    for smoke tests and the learning check), saving a checkpoint as at the end of an epoch.
     """
+    import time
+    deadline = time.time() + 60 * max_minutes if max_minutes else None
+
+    def budget_spent():
+        return bool((max_steps and step >= max_steps) or (deadline and time.time() >= deadline))
+
     tp = config.train_params
     train_params = config.to_dict()['train_params']
     is_ddp, rank, local_rank, world = ddp_info()
@@ -176,12 +183,11 @@ def train(config, generator, discriminator, kp_detector, checkpoint: Optional[st
                         sums[k] = sums[k] + v.float() if k in sums else v.float()
                     count += 1
                     step += 1
-                    if count % log_freq == 0 or stop.requested or (max_steps and step >= max_steps):
+                    spent = budget_spent()
+                    if count % log_freq == 0 or stop.requested or spent:
                         _flush(sums, count, logger, bar, epoch)
                         sums, count = {}, 0
-                    if stop.requested:
-                        break
-                    if max_steps and step >= max_steps:
+                    if stop.requested or spent:
                         break
                 if count:
                     _flush(sums, count, logger, bar, epoch)
@@ -196,11 +202,11 @@ def train(config, generator, discriminator, kp_detector, checkpoint: Optional[st
                     sched.step()
                 if master:
                     means = logger.log_epoch(epoch, models, x, generated)
-                    if max_steps and step >= max_steps and (epoch + 1) % tp.checkpoint_freq != 0:
+                    if budget_spent() and (epoch + 1) % tp.checkpoint_freq != 0:
                         logger.save_cpk()
                     if verbose:
                         tqdm.write('epoch %d: %s' % (epoch, ', '.join('%s %.4f' % kv for kv in means.items())))
-                if max_steps and step >= max_steps:
+                if budget_spent():
                     break
             else:
                 # finished all epochs: make sure the last one is on disk

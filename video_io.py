@@ -177,7 +177,7 @@ def _ffmpeg_probe(path: str) -> tuple:
     cmd = [ffmpeg_exe(), '-hide_banner', '-nostats', '-loglevel', 'info', '-i', path,
            '-map', '0:v:0', '-c', 'copy', '-f', 'framecrc', '-']
     res = _run(cmd, path)
-    err = res.stderr.decode('utf-8', 'replace')
+    err = res.stderr.decode('utf-8', 'replace').replace(path, '<file>')  # file names hold any word
     head = err.split('Output #0')[0].split('Stream mapping')[0]
     low = err.lower()
     bad = [m for m in _CORRUPT_MARKERS if m in low]
@@ -192,7 +192,9 @@ def _ffmpeg_probe(path: str) -> tuple:
         elif line and not line.startswith('#'):
             parts = [s.strip() for s in line.split(',')]
             flags = [int(s[2:], 16) for s in parts[6:] if s.startswith('F=')]
-            packets.append((int(parts[2]), (flags[0] & 1) if flags else 1))
+            flag = flags[0] if flags else 1  # printed only when not just "key frame"
+            if not flag & 4:  # AV_PKT_FLAG_DISCARD: decoded for reference, never shown (edit lists)
+                packets.append((int(parts[2]), flag & 1))
     if res.returncode != 0 or bad or not packets or dims is None:
         lines = [l for l in err.splitlines() if l.strip() and not l.startswith(' ')]
         why = lines[-1] if lines else 'no video stream'
@@ -239,11 +241,16 @@ class VideoSource:
         """Frames at `indices` (any order, repeats allowed) -> uint8 (N, H, W, 3)."""
         raise NotImplementedError
 
-    def read_span(self, indices: Sequence[int]) -> dict:
-        """{frame index: uint8 (H, W, 3)} for `indices` and every other frame decoded on the way
-        (for a compressed video, those from the key frame before each one): worth caching."""
+    def iter_span(self, indices: Sequence[int]) -> Iterator[tuple]:
+        """(frame index, uint8 (H, W, 3)) for `indices` and every other frame decoded on the way
+        (for a compressed video, those from the key frame before each one), streamed in order:
+        what a cache can keep for free."""
         wanted = sorted(set(self._check(indices)))
-        return dict(zip(wanted, self.read(wanted)))
+        yield from zip(wanted, self.read(wanted))
+
+    def read_span(self, indices: Sequence[int]) -> dict:
+        """iter_span as a dict {frame index: frame}."""
+        return dict(self.iter_span(indices))
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for i in range(self.num_frames):
@@ -313,55 +320,65 @@ class FfmpegSource(VideoSource):
         idx = self._check(indices)
         got = {}
         for run in self._runs(idx):
-            got.update(self._decode_run(run, keep_all=False))
+            got.update(self._decode_run(run))
         return np.stack([got[i] for i in idx])
 
-    def read_span(self, indices: Sequence[int]) -> dict:
-        got = {}
-        for run in self._runs(self._check(indices)):
-            got.update(self._decode_run(run, keep_all=True))
-        return got
+    def iter_span(self, indices: Sequence[int]) -> Iterator[tuple]:
+        for run in self._runs(self._check(indices)):  # streamed: memory is one frame at a time
+            k = self._key_before(run[0])
+            start, t = self._seek.key_index[k], self._seek.key_time[k]
+            n = 0
+            for n, frame in enumerate(_stream_raw(self.path, self.info.height, self.info.width,
+                                                  seek=t, count=run[-1] - start + 1,
+                                                  threads=self.decode_threads), start=1):
+                yield start + n - 1, frame
+            if n < run[-1] - start + 1:
+                raise MediaError('%s: truncated or corrupt video (frame %d of %d could not be '
+                                 'decoded)' % (self.path, start + n, self.num_frames))
 
-    def _decode_run(self, run: list, keep_all: bool) -> dict:
-        """Decode from the key frame before run[0] up to run[-1]; return the frames of `run`
-        (ffmpeg's select filter drops the others before RGB conversion), or all of them."""
+    def _decode_run(self, run: list) -> dict:
+        """Decode from the key frame before run[0] up to run[-1] and return the frames of `run`
+        (ffmpeg's select filter drops the others before RGB conversion)."""
         k = self._key_before(run[0])
         start, t = self._seek.key_index[k], self._seek.key_time[k]
         h, w = self.info.height, self.info.width
-        out = list(range(start, run[-1] + 1)) if keep_all else run
         cmd = [ffmpeg_exe(), '-hide_banner', '-nostdin', '-loglevel', 'error',
                '-threads', str(self.decode_threads)]
         if t is not None:
             cmd += ['-ss', t]
-        cmd += ['-i', self.path, '-map', '0:v:0']
-        if not keep_all:
-            cmd += ['-vf', 'select=' + '+'.join('eq(n\\,%d)' % (i - start) for i in run)]
-        cmd += ['-fps_mode', 'passthrough', '-frames:v', str(len(out)),
+        cmd += ['-i', self.path, '-map', '0:v:0',
+                '-vf', 'select=' + '+'.join('eq(n\\,%d)' % (i - start) for i in run),
+                '-fps_mode', 'passthrough', '-frames:v', str(len(run)),
                 '-f', 'rawvideo', '-pix_fmt', 'rgb24', '-']
         res = _run(cmd, self.path)
         decode_stats['processes'] += 1
         decode_stats['decoded'] += run[-1] - start + 1
         frames = np.frombuffer(res.stdout, np.uint8)
         n = frames.size // (h * w * 3)
-        if n < len(out):
+        if n < len(run):
             if n == 0 and res.returncode != 0:
                 raise MediaError('%s: cannot decode (%s)' % (self.path, _one_line(
                     RuntimeError(res.stderr.decode('utf-8', 'replace')))))
             raise MediaError('%s: truncated or corrupt video (frame %d of %d could not be decoded)'
-                             % (self.path, out[n], self.num_frames))
-        frames = frames[:len(out) * h * w * 3].reshape(len(out), h, w, 3)
-        decode_stats['returned'] += len(out)
-        return dict(zip(out, frames))
+                             % (self.path, run[n], self.num_frames))
+        frames = frames[:len(run) * h * w * 3].reshape(len(run), h, w, 3)
+        decode_stats['returned'] += len(run)
+        return dict(zip(run, frames))
 
     def __iter__(self) -> Iterator[np.ndarray]:
         h, w = self.info.height, self.info.width
         yield from _stream_raw(self.path, h, w)
 
 
-def _stream_raw(path: str, h: int, w: int) -> Iterator[np.ndarray]:
-    """Decode a video with ffmpeg into a pipe, one uint8 (h, w, 3) frame at a time."""
-    cmd = [ffmpeg_exe(), '-hide_banner', '-nostdin', '-loglevel', 'error', '-i', path,
-           '-map', '0:v:0', '-fps_mode', 'passthrough', '-f', 'rawvideo', '-pix_fmt', 'rgb24', '-']
+def _stream_raw(path: str, h: int, w: int, seek: Optional[str] = None, count: Optional[int] = None,
+                threads: int = 0) -> Iterator[np.ndarray]:
+    """Decode a video with ffmpeg into a pipe, one uint8 (h, w, 3) frame at a time; optionally
+    from a seek time (seconds, as a string) and for at most `count` frames."""
+    cmd = [ffmpeg_exe(), '-hide_banner', '-nostdin', '-loglevel', 'error', '-threads', str(threads)]
+    cmd += ['-ss', seek] if seek is not None else []
+    cmd += ['-i', path, '-map', '0:v:0', '-fps_mode', 'passthrough']
+    cmd += ['-frames:v', str(count)] if count is not None else []
+    cmd += ['-f', 'rawvideo', '-pix_fmt', 'rgb24', '-']
     size = h * w * 3
     with tempfile.TemporaryFile() as errf:  # a file, not a pipe: a chatty ffmpeg cannot block
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errf)
@@ -416,9 +433,12 @@ class GifSource(VideoSource):
             raise MediaError('%s: cannot read GIF frame (%s)' % (self.path, _one_line(e))) from None
         return np.stack([got[i] for i in idx])
 
-    def read_span(self, indices: Sequence[int]) -> dict:
+    def iter_span(self, indices: Sequence[int]) -> Iterator[tuple]:
         last = max(self._check(indices))  # Pillow composes every frame up to `last` anyway
-        return dict(zip(range(last + 1), self.read(range(last + 1))))
+        for i, frame in enumerate(self):
+            yield i, frame
+            if i == last:
+                return
 
     def __iter__(self) -> Iterator[np.ndarray]:
         from PIL import Image
@@ -462,8 +482,8 @@ class FolderSource(VideoSource):
 
 class StripSource(VideoSource):
     """One image holding the frames side by side (H, T*W) or stacked (T*H, W), as the original's
-    moving-gif data. Frame size: `frame_hw` when it divides the image, else square frames of the
-    image's short side scaled to frame_hw's aspect."""
+    moving-gif data. Frame size: `frame_hw` when it tiles the image, else frames of frame_hw's
+    aspect ratio, else square frames; an image none of these tile is one frame."""
 
     def __init__(self, path: PathLike, frame_hw: Optional[tuple] = None, fps: float = 25.0):
         self.path = str(path)
@@ -481,6 +501,10 @@ class StripSource(VideoSource):
                 self.axis, n, size = 1, w // int(fw2), (h, int(fw2))
             elif fh2 == int(fh2) and h % int(fh2) == 0:
                 self.axis, n, size = 0, h // int(fh2), (int(fh2), w)
+            elif w > h and w % h == 0:  # square frames side by side
+                self.axis, n, size = 1, w // h, (h, h)
+            elif h > w and h % w == 0:  # square frames stacked
+                self.axis, n, size = 0, h // w, (w, w)
             else:
                 size = (h, w)
         self.info = VideoInfo(n, fps, size[0], size[1])
@@ -493,9 +517,9 @@ class StripSource(VideoSource):
             return np.stack([image[:, i * w:(i + 1) * w] for i in idx])
         return np.stack([image[i * h:(i + 1) * h] for i in idx])
 
-    def read_span(self, indices: Sequence[int]) -> dict:
+    def iter_span(self, indices: Sequence[int]) -> Iterator[tuple]:
         self._check(indices)  # the whole image is decoded anyway
-        return dict(enumerate(self.read(range(self.num_frames))))
+        yield from enumerate(self.read(range(self.num_frames)))
 
     def __iter__(self) -> Iterator[np.ndarray]:
         yield from self.read(range(self.num_frames))
@@ -736,6 +760,9 @@ class VideoWriter:
 
     def __del__(self) -> None:
         try:
+            if not self._closed and self.frames_written:
+                warnings.warn('%s: VideoWriter was never closed; its output was discarded'
+                              % self.path, RuntimeWarning)
             self.abort()  # never promote an unclosed writer's output to the final name
         except Exception:
             pass

@@ -19,7 +19,7 @@ def main(config_path, out_dir):
     torch.manual_seed(rank)  # different initial weights per rank: DDP must broadcast rank 0's
     cfg = load_config(config_path)
     generator, kp_detector, discriminator = build_networks(cfg.to_dict()['model_params'])
-    dataset = FramesDataset(is_train=True, random_seed=rank, **cfg.to_dict()['dataset_params'])
+    dataset = FramesDataset(is_train=True, random_seed=0, **cfg.to_dict()["dataset_params"])
     train(cfg, generator, discriminator, kp_detector, None, os.path.join(out_dir, 'run'), dataset,
           torch.device('cpu'), num_workers=0, max_steps=2)
     state = {'generator': generator.state_dict(), 'kp_detector': kp_detector.state_dict(),

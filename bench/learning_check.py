@@ -1,0 +1,121 @@
+"""Does training learn on real video? Train a small model for a CPU budget, then judge it on test videos.
+
+    python bench/learning_check.py --minutes 25                 # train + evaluate (config/faces-64-cpu.yaml)
+    python bench/learning_check.py --checkpoint CKPT            # evaluate an existing checkpoint only
+
+Each test video is reconstructed from its first frame (the source) with the driving frame's
+keypoints (absolute, as `run.py --mode reconstruction`). Three mean L1 figures (pixels in [0, 1]):
+  driven      the model's reconstruction of each frame
+  copy        the source frame copied as the prediction of every frame
+  no-motion   the same generator given the source's own keypoints (no motion)
+`no-motion / driven` > 1 shows the keypoints carry motion; `driven < copy` is the harder bar on
+talking heads, where most pixels do not move.
+"""
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from config import load_config  # noqa: E402
+from logger import Logger  # noqa: E402
+from modules.model import build_networks  # noqa: E402
+from video_io import iter_video_frames, resize_frame  # noqa: E402
+
+
+def to_tensor(frames):
+    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255.0
+
+
+@torch.no_grad()
+def evaluate(config_path, checkpoint, test_dir, batch_size=16, max_frames=None):
+    cfg = load_config(config_path)
+    h, w = cfg.dataset_params.frame_shape[:2]
+    generator, kp_detector, _ = build_networks(cfg.to_dict()['model_params'])
+    Logger.load_cpk(checkpoint, generator=generator, kp_detector=kp_detector, verbose=False)
+    generator.eval(), kp_detector.eval()
+    per_video = {}
+    for path in sorted(glob.glob(os.path.join(test_dir, '*.mp4'))):
+        frames = [resize_frame(f, h, w) for f in iter_video_frames(path)][:max_frames]
+        video = to_tensor(frames)  # (T, 3, H, W)
+        source = video[:1]
+        kp_source = kp_detector(source)
+        still = generator(source, kp_source=kp_source, kp_driving=kp_source)['prediction']
+        sums = {'driven': 0.0, 'copy': 0.0, 'no_motion': 0.0}
+        for i in range(0, len(video), batch_size):
+            drv = video[i:i + batch_size]
+            n = drv.shape[0]
+            kp_driving = kp_detector(drv)
+            kp_src = {k: v.expand(n, *v.shape[1:]) for k, v in kp_source.items()}
+            pred = generator(source.expand(n, -1, -1, -1), kp_source=kp_src, kp_driving=kp_driving)['prediction']
+            sums['driven'] += (pred - drv).abs().mean(dim=(1, 2, 3)).sum().item()
+            sums['copy'] += (source - drv).abs().mean(dim=(1, 2, 3)).sum().item()
+            sums['no_motion'] += (still - drv).abs().mean(dim=(1, 2, 3)).sum().item()
+        per_video[os.path.basename(path)] = {k: v / len(video) for k, v in sums.items()}
+    mean = {k: float(np.mean([v[k] for v in per_video.values()])) for k in ('driven', 'copy', 'no_motion')}
+    return per_video, mean
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--config', default=os.path.join(ROOT, 'config', 'faces-64-cpu.yaml'), help='training config')
+    p.add_argument('--minutes', type=float, default=25, help='training budget in minutes (default: 25)')
+    p.add_argument('--checkpoint', default=None, help='evaluate this checkpoint instead of training')
+    p.add_argument('--log_dir', default=os.path.join(ROOT, 'log', 'learning-check'), help='run folder parent')
+    p.add_argument('--test_dir', default=None, help='test videos (default: <root_dir>/test from the config)')
+    p.add_argument('--num_workers', type=int, default=1, help='DataLoader workers (default: 1)')
+    p.add_argument('--out', default=None, help='write the figures as JSON here')
+    args = p.parse_args()
+
+    cfg = load_config(args.config)
+    root = cfg.dataset_params.root_dir
+    if not os.path.isabs(root):
+        root = os.path.join(ROOT, root)
+    test_dir = args.test_dir or os.path.join(root, 'test')
+    if not os.path.isdir(test_dir):
+        sys.exit('error: test videos not found: %s (--test_dir)' % test_dir)
+
+    checkpoint = args.checkpoint
+    trained = {}
+    if checkpoint is None:
+        start = time.time()
+        cmd = [sys.executable, os.path.join(ROOT, 'run.py'), '--config', args.config, '--log_dir', args.log_dir,
+               '--max_minutes', str(args.minutes), '--num_workers', str(args.num_workers), '--precision', 'fp32']
+        print('training:', ' '.join(cmd), flush=True)
+        out = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        if out.returncode != 0:
+            sys.exit('error: training failed (exit %d)' % out.returncode)
+        run_dir = out.stdout.strip().splitlines()[-1]
+        cks = sorted(glob.glob(os.path.join(run_dir, 'checkpoints', '*-checkpoint.pth.tar')))
+        checkpoint = cks[-1]
+        state = torch.load(checkpoint, map_location='cpu', weights_only=True)
+        steps = max(s['step'] for s in state['optimizer_generator']['state'].values())
+        trained = {'minutes': round((time.time() - start) / 60, 1), 'steps': int(steps), 'run_dir': run_dir,
+                   'batch_size': cfg.train_params.batch_size}
+        print('trained %(steps)d steps (batch %(batch_size)d) in %(minutes).1f min: %(run_dir)s' % trained)
+
+    per_video, mean = evaluate(args.config, checkpoint, test_dir)
+    for name, v in per_video.items():
+        print('%-14s L1 driven %.4f  copy-source %.4f  no-motion %.4f' % (name, v['driven'], v['copy'],
+                                                                         v['no_motion']))
+    print('mean           L1 driven %.4f  copy-source %.4f  no-motion %.4f' % (mean['driven'], mean['copy'],
+                                                                            mean['no_motion']))
+    print('motion gain (no-motion / driven): %.3fx; driven vs copy: %.3fx'
+          % (mean['no_motion'] / mean['driven'], mean['copy'] / mean['driven']))
+    print('checkpoint: %s; VGG19 weights: %s' % (checkpoint, cfg.train_params.vgg_weights))
+    if args.out:
+        with open(args.out, 'w') as f:
+            json.dump({'checkpoint': checkpoint, 'train': trained, 'per_video': per_video, 'mean': mean,
+                       'vgg_weights': cfg.train_params.vgg_weights}, f, indent=1)
+
+
+if __name__ == '__main__':
+    main()
