@@ -65,6 +65,8 @@ class DatasetParams:
     id_sampling: bool = False
     pairs_list: Optional[str] = None
     augmentation_params: Optional[AugmentationParams] = None
+    # this project's addition: per-process budget (MB) for decoded training frames kept in memory
+    cache_mb: float = 256
 
 
 # ------------------------------------------------------------------------------------ model

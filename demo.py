@@ -14,6 +14,8 @@ kp_detector, relative=True, adapt_movement_scale=True, cpu=False)` -> list of (H
 frames; both run on the batched engine of `inference.py`.
 """
 import argparse
+import collections
+import contextlib
 import os
 import sys
 import tempfile
@@ -105,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='--crop_source: margin around the face box, fraction of its size on each side')
     p.add_argument('--feather', type=float, default=0.1,
                    help='--paste_back: width of the blended border, fraction of the crop side')
+    p.add_argument('--preview', default=None,
+                   help='also write a side-by-side video (source | driving | result, at the model\'s frame size) here')
     p.add_argument('--no_audio', action='store_true', help='do not copy the driving video\'s audio track')
     p.add_argument('--device', default=None, help='cpu, cuda or cuda:N (default: cuda when available, else cpu)')
     p.add_argument('--cpu', action='store_true', help='same as --device cpu (the original\'s flag)')
@@ -152,7 +156,14 @@ def run(args: argparse.Namespace) -> str:
         raise UserError('--find_best_frame and --best_frame N exclude each other')
     if args.adapt_scale and not args.relative:
         print('%s: note: --adapt_scale has no effect without --relative' % PROG, file=sys.stderr)
-    ext = _check_output(args.result_video)
+    _check_output(args.result_video)
+    if args.preview is not None:
+        try:
+            _check_output(args.preview)
+        except UserError as e:
+            raise UserError(str(e).replace('--result_video', '--preview')) from None
+        if os.path.abspath(args.preview) == os.path.abspath(args.result_video):
+            raise UserError('--preview: %s is also --result_video' % args.preview)
     if not os.path.isfile(args.source_image):
         raise UserError('--source_image: file not found: %s' % args.source_image)
     photo = read_image(args.source_image)  # uint8 (H, W, 3)
@@ -166,6 +177,12 @@ def run(args: argparse.Namespace) -> str:
                         % (args.best_frame, video.num_frames - 1, args.driving_video, video.num_frames))
 
     device = 'cpu' if args.cpu else args.device
+    landmarker = None
+    if args.find_best_frame:  # before the model loads: a missing package fails fast
+        try:
+            landmarker = face.FaceLandmarker(device='cpu' if args.cpu else (args.device or None))
+        except face.FaceToolsError as e:
+            raise UserError('--find_best_frame: %s' % e) from None
     engine = AnimationEngine.from_checkpoint(args.config, args.checkpoint, device=device,
                                              precision=args.precision, batch_size=args.batch_size,
                                              compile=args.compile)
@@ -187,7 +204,6 @@ def run(args: argparse.Namespace) -> str:
     if args.best_frame is not None or args.find_best_frame:
         index = args.best_frame
         if index is None:
-            landmarker = face.FaceLandmarker(device=str(engine.device))
             index = face.find_best_frame(landmarker(source), face.landmarks_for_frames(
                 driving_frames(), landmarker=landmarker, progress=not args.quiet))
             print('%s: best frame: %d' % (PROG, index), file=sys.stderr)
@@ -196,15 +212,28 @@ def run(args: argparse.Namespace) -> str:
         initial = fit_image(video.read([index])[0], size, args.fit)
 
     engine.set_source(source)
-    frames = engine.animate(driving_frames(), relative=args.relative, adapt_scale=args.adapt_scale,
-                            initial_frame=initial)
-    with VideoWriter(args.result_video, fps=video.info.fps) as writer:
+    pending = collections.deque()  # driving frames waiting for their result (preview only)
+
+    def feed():
+        for frame in driving_frames():
+            if args.preview is not None:
+                pending.append(frame)
+            yield frame
+
+    frames = engine.animate(feed(), relative=args.relative, adapt_scale=args.adapt_scale, initial_frame=initial)
+    with contextlib.ExitStack() as stack:
+        writer = stack.enter_context(VideoWriter(args.result_video, fps=video.info.fps))
+        preview = stack.enter_context(VideoWriter(args.preview, fps=video.info.fps)) if args.preview else None
         for frame in tqdm(frames, total=video.num_frames, unit='frame', desc='animate', disable=args.quiet):
+            if preview is not None:
+                preview.write(np.concatenate([source, pending.popleft(), frame], axis=1))
             if geometry is not None and args.paste_back:
                 frame = face.paste_back(photo, frame, geometry, feather=args.feather)
             writer.write(frame)
-    if not args.no_audio and ext not in ('.gif', '.png') and has_audio(args.driving_video):
-        copy_audio(args.driving_video, args.result_video)
+    if not args.no_audio and has_audio(args.driving_video):
+        for path in (args.result_video, args.preview):
+            if path is not None and os.path.splitext(path)[1].lower() not in ('.gif', '.png'):
+                copy_audio(args.driving_video, path)
     return args.result_video
 
 

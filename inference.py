@@ -124,19 +124,23 @@ def _folded(conv: nn.Conv2d, norm: nn.Module) -> tuple:
 
 
 class FusedConvBlock(nn.Module):
-    """SameBlock2d / DownBlock2d in eval mode: conv with BatchNorm folded in, ReLU, (avg pool)."""
+    """SameBlock2d / DownBlock2d / UpBlock2d in eval mode: (nearest 2x upsampling), conv with
+    BatchNorm folded in, ReLU, (avg pool)."""
 
-    def __init__(self, block: nn.Module, pool: bool):
+    def __init__(self, block: nn.Module, pool: bool, upsample: bool = False):
         super().__init__()
         conv = block.conv
         weight, bias = _folded(conv, block.norm)
         self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                              conv.dilation, conv.groups, bias=True)
+                              conv.dilation, conv.groups, bias=True, device=weight.device, dtype=weight.dtype)
         self.conv.weight.data.copy_(weight)
         self.conv.bias.data.copy_(bias)
         self.pool = block.pool if pool else None
+        self.upsample = upsample
 
     def forward(self, x):
+        if self.upsample:
+            x = F.interpolate(x, scale_factor=2, mode='nearest')
         out = F.relu(self.conv(x))
         return self.pool(out) if self.pool is not None else out
 
@@ -163,13 +167,13 @@ class FusedUpBlock(nn.Module):
         b, _, h, w = x.shape
         y = F.conv2d(F.pad(x, (1, 1, 1, 1)), self.weight, self.bias)  # (B, 4*Co, h+1, w+1)
         y = y.view(b, 2, 2, self.out_channels, h + 1, w + 1)
-        # phase (a, b) is the window starting at (a, b); interleave to (B, Co, 2h, 2w)
-        rows = [torch.stack([y[:, a, c, :, a:a + h, c:c + w] for c in (0, 1)], dim=-1) for a in (0, 1)]
-        out = torch.stack(rows, dim=3)  # (B, Co, h, 2, w, 2)
-        out = out.reshape(b, self.out_channels, 2 * h, 2 * w)
-        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-            out = out.contiguous(memory_format=torch.channels_last)
-        return F.relu(out)
+        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
+            else torch.contiguous_format
+        out = torch.empty(b, self.out_channels, 2 * h, 2 * w, dtype=y.dtype, device=y.device, memory_format=layout)
+        for a in (0, 1):  # phase (a, c) is the window of y starting at (a, c)
+            for c in (0, 1):
+                out[:, :, a::2, c::2] = y[:, a, c, :, a:a + h, c:c + w]
+        return F.relu_(out)
 
 
 class FusedResBlock(nn.Module):
@@ -180,7 +184,8 @@ class FusedResBlock(nn.Module):
         self.norm1 = block.norm1
         conv1 = block.conv1
         weight, bias = _folded(conv1, block.norm2)
-        self.conv1 = nn.Conv2d(conv1.in_channels, conv1.out_channels, conv1.kernel_size, padding=conv1.padding)
+        self.conv1 = nn.Conv2d(conv1.in_channels, conv1.out_channels, conv1.kernel_size, padding=conv1.padding,
+                               device=weight.device, dtype=weight.dtype)
         self.conv1.weight.data.copy_(weight)
         self.conv1.bias.data.copy_(bias)
         self.conv2 = block.conv2
@@ -190,15 +195,19 @@ class FusedResBlock(nn.Module):
         return out + x
 
 
-def fuse_for_inference(module: nn.Module) -> nn.Module:
+def fuse_for_inference(module: nn.Module, subpixel: bool = True) -> nn.Module:
     """A copy of `module` for eval-mode inference with every block of modules.util replaced by its
-    fused form. The copy shares all other parameters and buffers with `module` (no weight copy);
-    `module` itself is left untouched. Blocks with other shapes than these stay as they are."""
+    fused form (`subpixel`: upsampling blocks as sub-pixel convolutions, else upsampling and a
+    folded convolution). The copy shares all other parameters and buffers with `module` (no weight
+    copy); `module` itself is left untouched. Blocks of other shapes stay as they are."""
     from modules.util import DownBlock2d, ResBlock2d, SameBlock2d, UpBlock2d
 
-    if isinstance(module, UpBlock2d) and module.conv.kernel_size == (3, 3) and module.conv.padding == (1, 1) \
-            and module.conv.groups == 1 and module.conv.stride == (1, 1) and module.conv.dilation == (1, 1):
-        return FusedUpBlock(module)
+    if isinstance(module, UpBlock2d):
+        conv = module.conv
+        if subpixel and conv.kernel_size == (3, 3) and conv.padding == (1, 1) and conv.groups == 1 \
+                and conv.stride == (1, 1) and conv.dilation == (1, 1):
+            return FusedUpBlock(module)
+        return FusedConvBlock(module, pool=False, upsample=True)
     if isinstance(module, DownBlock2d):
         return FusedConvBlock(module, pool=True)
     if isinstance(module, SameBlock2d):
@@ -208,7 +217,7 @@ def fuse_for_inference(module: nn.Module) -> nn.Module:
     clone = copy.copy(module)
     clone._parameters = dict(module._parameters)
     clone._buffers = dict(module._buffers)
-    clone._modules = {name: (fuse_for_inference(child) if child is not None else None)
+    clone._modules = {name: (fuse_for_inference(child, subpixel) if child is not None else None)
                       for name, child in module._modules.items()}
     return clone
 
@@ -223,11 +232,15 @@ class AnimationEngine:
         precision: 'auto' | 'fp32' | 'bf16' | 'fp16' (runtime.resolve_precision: auto is bf16
             on CUDA and on CPUs with native bf16, else fp32).
         batch_size: driving frames per forward pass.
-        channels_last: NHWC memory layout for the convolutions; None: on for bf16/fp16, off for
-            fp32 (measured in bench/bench_animate.py).
+        channels_last: NHWC memory layout for the convolutions; None: on for CPU, and on CUDA
+            for bf16/fp16 (measured on CPU in bench/bench_animate.py).
         fuse: run the per-frame networks as `fuse_for_inference` copies (BatchNorm folded into
-            the convolutions, upsampling convolutions split by output phase); same weights.
+            the convolutions, upsampling convolutions split by output phase); same weights, and in
+            fp32 the same results up to rounding (~1e-7).
         compile: torch.compile the keypoint detector, dense motion network and decoder.
+
+    The fused copies are made from the weights at construction: load a checkpoint first, then
+    build the engine (from_checkpoint does).
     """
 
     def __init__(self, generator: torch.nn.Module, kp_detector: torch.nn.Module,
@@ -238,8 +251,9 @@ class AnimationEngine:
         if int(batch_size) < 1:
             raise ValueError('--batch_size: must be >= 1, got %r' % batch_size)
         self.batch_size = int(batch_size)
-        if channels_last is None:  # NHWC feeds bf16/fp16 matrix units (AMX, tensor cores) best
-            channels_last = self.precision != 'fp32'
+        if channels_last is None:  # NHWC: faster with oneDNN on CPU (all precisions, measured in
+            # bench/bench_animate.py) and for bf16/fp16 tensor cores on CUDA
+            channels_last = self.device.type == 'cpu' or self.precision != 'fp32'
         self.channels_last = bool(channels_last)
         self.generator = generator.to(self.device).eval()
         self.kp_detector = kp_detector.to(self.device).eval()
@@ -252,14 +266,20 @@ class AnimationEngine:
         if self.channels_last:
             fast_generator.to(memory_format=torch.channels_last)
             fast_kp_detector.to(memory_format=torch.channels_last)
+        self._kp_single = fast_kp_detector  # source and initial frame: one image, never compiled
         self._kp_fn = fast_kp_detector
         self._dense_motion_fn = fast_generator.dense_motion_network
         self._decode_fn = fast_generator.decode
+        self.compiled = bool(compile)
         if compile:
-            self._kp_fn = torch.compile(self.kp_detector, dynamic=False)
+            # freezing lets inductor treat the weights as constants (prepacked for oneDNN on CPU);
+            # it is a process-wide inductor setting
+            import torch._inductor.config as inductor_config
+            inductor_config.freezing = True
+            self._kp_fn = torch.compile(fast_kp_detector, dynamic=False)
             if self._dense_motion_fn is not None:
                 self._dense_motion_fn = torch.compile(self._dense_motion_fn, dynamic=False)
-            self._decode_fn = torch.compile(self.generator.decode, dynamic=False)
+            self._decode_fn = torch.compile(fast_generator.decode, dynamic=False)
         self.source: Optional[torch.Tensor] = None  # (1, 3, H, W)
         self.kp_source: Optional[KP] = None  # (1, K, 2), (1, K, 2, 2)
         self.encoded: Optional[torch.Tensor] = None  # (1, C', H/2^d, W/2^d)
@@ -296,7 +316,7 @@ class AnimationEngine:
         (3, H, W) float tensor. The output frames have the source's size."""
         source = self._layout(self.to_tensor(image))
         with autocast(self.device, self.precision):
-            self.kp_source = self._kp_fn(source)
+            self.kp_source = self._kp_single(source)
             self.encoded = self.generator.encode(source)
         self.source = source
 
@@ -304,18 +324,23 @@ class AnimationEngine:
     def keypoints(self, image: Frame) -> KP:
         """Keypoints of one image: {'value': (1, K, 2), 'jacobian': (1, K, 2, 2)}."""
         with autocast(self.device, self.precision):
-            return self._kp_fn(self._layout(self.to_tensor(image)))
+            return self._kp_single(self._layout(self.to_tensor(image)))
 
     # ---------------------------------------------------------------------------- driving
-    def _batches(self, frames: Iterable[Frame]) -> Iterator[torch.Tensor]:
+    def _batches(self, frames: Iterable[Frame]) -> Iterator[tuple]:
+        """(frames (B, 3, H, W) on the device, number of real frames). Compiled networks get a
+        last batch padded to full size (repeating its last frame): one shape, no recompilation."""
         chunk = []
         for frame in frames:
             chunk.append(frame)
             if len(chunk) == self.batch_size:
-                yield _stack_frames(chunk, self.device)
+                yield _stack_frames(chunk, self.device), len(chunk)
                 chunk = []
         if chunk:
-            yield _stack_frames(chunk, self.device)
+            count = len(chunk)
+            if self.compiled:
+                chunk += chunk[-1:] * (self.batch_size - count)
+            yield _stack_frames(chunk, self.device), count
 
     def _generate(self, kp_driving: KP, batch: int, extras: bool) -> Dict[str, torch.Tensor]:
         """Dense motion + warp of the cached encoding + decoder, for `batch` driving poses."""
@@ -358,7 +383,7 @@ class AnimationEngine:
         if self.source is None:
             raise RuntimeError('AnimationEngine: call set_source(image) before animating')
         kp_initial = self.keypoints(initial_frame) if initial_frame is not None else None
-        for driving in self._batches(driving_frames):
+        for driving, count in self._batches(driving_frames):
             batch = driving.shape[0]
             driving = self._layout(driving)
             with autocast(self.device, self.precision):
@@ -373,6 +398,9 @@ class AnimationEngine:
                 result = self._generate(kp_norm, batch, extras)
             result['prediction'] = result['prediction'].float()
             result.update(kp_driving=kp_driving, kp_norm=kp_norm, driving=driving)
+            if count < batch:  # drop the padding
+                result = {k: ({kk: vv[:count] for kk, vv in v.items()} if isinstance(v, dict) else v[:count])
+                          for k, v in result.items()}
             yield result
 
     def animate(self, driving_frames: Iterable[Frame], relative: bool = True, adapt_scale: bool = False,

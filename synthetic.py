@@ -153,6 +153,28 @@ def write_dataset(out, size: int = 64, num_train: int = 40, num_test: int = 8, f
     return out
 
 
+DEMO_SEED = 20191208  # a video seed outside every split that write_dataset makes
+
+
+def write_demo_assets(out, size: int = 64, frames: int = 64, fps: float = 25.0) -> tuple:
+    """The embedded demo's inputs: a driving video of a held-out synthetic scene, and a source image
+    showing the same scene's first frame recoloured (RGB channels rotated, a 120-degree hue turn),
+    so the animation has to take its look from the source and its motion from the driving video.
+    Returns (source_path, driving_path)."""
+    import imageio.v2 as imageio
+
+    from video_io import VideoWriter
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    video = make_video(DEMO_SEED, size, frames)
+    source = np.ascontiguousarray(video[0][:, :, [1, 2, 0]])
+    source_path, driving_path = out / 'shapes-source.png', out / 'shapes-driving.mp4'
+    imageio.imwrite(source_path, source)
+    with VideoWriter(driving_path, fps=fps) as w:
+        w.write(video)
+    return source_path, driving_path
+
+
 def main(argv: Optional[list] = None) -> int:
     p = argparse.ArgumentParser(
         description='Write a synthetic moving-shapes video dataset (<out>/train, <out>/test) that '
@@ -160,6 +182,8 @@ def main(argv: Optional[list] = None) -> int:
                     'frame_shape to [size, size, 3].',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--out', required=True, help='output folder (created)')
+    p.add_argument('--demo_assets', action='store_true',
+                   help="write the embedded demo's source image and driving video into --out instead")
     p.add_argument('--size', type=int, default=64, help='frame height and width in pixels')
     p.add_argument('--num_train', type=int, default=40, help='number of training videos')
     p.add_argument('--num_test', type=int, default=8, help='number of test videos')
@@ -171,6 +195,10 @@ def main(argv: Optional[list] = None) -> int:
     p.add_argument('--videos_per_id', type=int, default=1,
                    help="videos sharing an id (names 'id0000#00'), for id_sampling; 1 = no ids")
     a = p.parse_args(argv)
+    if a.demo_assets:
+        src, drv = write_demo_assets(a.out, fps=a.fps)
+        print('wrote %s and %s' % (src, drv))
+        return 0
     if a.size < 8 or a.frames < 2 or a.num_train < 0 or a.num_test < 0 or a.videos_per_id < 1:
         p.error('need --size >= 8, --frames >= 2, --num_train/--num_test >= 0, --videos_per_id >= 1')
     out = write_dataset(a.out, a.size, a.num_train, a.num_test, a.frames, a.format, a.seed, a.fps,

@@ -14,6 +14,7 @@ Prints, measured in this one run:
 Timings interleave the variants and keep each one's best round (the CPU here is shared).
 """
 import argparse
+import copy
 import os
 import platform
 import sys
@@ -124,10 +125,10 @@ def profile_engine(engine: AnimationEngine, source: np.ndarray, frames: list, ro
     engine.set_source(source)
     batch = engine._layout(engine.to_tensor(frames[0]).expand(engine.batch_size, -1, -1, -1).contiguous())
     b = batch.shape[0]
-    gen = engine.generator
+    gen = engine.generator  # the source-side work runs the modules as they are
     times = {}
 
-    def timed(name, fn):
+    def timed(name, fn, per=b):
         best = float('inf')
         for _ in range(rounds + 1):  # the first round warms up
             sync(engine.device)
@@ -135,20 +136,21 @@ def profile_engine(engine: AnimationEngine, source: np.ndarray, frames: list, ro
             result = fn()
             sync(engine.device)
             best = min(best, time.perf_counter() - t0)
-        times[name] = best / b
+        times[name] = best / per
         return result
 
+    gen_kp = engine.kp_detector
     with torch.inference_mode(), autocast(engine.device, engine.precision):
         kp = timed('keypoint detector (driving)', lambda: engine._kp_fn(batch))
         src = engine.source.expand(b, -1, -1, -1)
         kp_src = {k: v.expand(b, *v.shape[1:]) for k, v in engine.kp_source.items()}
-        dm = timed('dense motion network', lambda: gen.dense_motion_network(src, kp, kp_src))
+        dm = timed('dense motion network', lambda: engine._dense_motion_fn(src, kp, kp_src))
         enc = engine.encoded.expand(b, -1, -1, -1)
         warped = timed('warp + occlusion', lambda: gen.deform_input(enc, dm['deformation'])
                        * dm['occlusion_map'].to(enc.dtype))
         timed('decoder (bottleneck + up blocks)', lambda: engine._decode_fn(engine._layout(warped)))
-        timed('[loop only] keypoint detector (source)', lambda: engine._kp_fn(engine.source))
-        timed('[loop only] encoder (source)', lambda: gen.encode(engine.source))
+        timed('[loop only] keypoint detector (source)', lambda: gen_kp(engine.source), per=1)
+        timed('[loop only] encoder (source)', lambda: gen.encode(engine.source), per=1)
     return times
 
 
@@ -166,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='engine precisions to time, comma separated (default: fp32,bf16 on CPU, '
                         'fp32,bf16,fp16 on CUDA)')
     p.add_argument('--rounds', type=int, default=2, help='timing rounds per variant, the best kept' + d)
-    p.add_argument('--channels_last', action='store_true', help='engine in NHWC layout' + d)
+    p.add_argument('--channels_last', choices=('auto', 'on', 'off'), default='auto',
+                   help='engine memory layout: NHWC on, off, or auto (the engine default: on for CPU, on CUDA for bf16/fp16)' + d)
+    p.add_argument('--no_fuse', action='store_true', help='run the modules as they are (no fused copies)' + d)
     p.add_argument('--compile', action='store_true', help='torch.compile the engine networks' + d)
     p.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch default)')
     p.add_argument('--memory_frames', default='100,1000',
@@ -203,35 +207,30 @@ def main(argv=None) -> int:
     size = args.size
     source = texture(size, seed=0)
     frames = [f.astype(np.float32) / 255 for f in driving_frames(args.frames, size)]
-    engines = {p: AnimationEngine(generator, kp_detector, device, p, args.batch_size,
-                                  channels_last=args.channels_last and p != 'loop', compile=args.compile)
+    layout = {'auto': None, 'on': True, 'off': False}[args.channels_last]
+    # the loop runs the caller's modules in the default layout; engines get their own copies, so
+    # that an NHWC engine does not change the layout under the loop
+    engines = {p: AnimationEngine(copy.deepcopy(generator), copy.deepcopy(kp_detector), device, p, args.batch_size,
+                                  channels_last=layout, fuse=not args.no_fuse, compile=args.compile)
                for p in precisions}
-    print('speed: %d driving frames %dx%d, engine batch %d%s%s, best of %d rounds'
-          % (len(frames), size, size, args.batch_size, ', channels_last' if args.channels_last else '',
-             ', compiled' if args.compile else '', args.rounds))
+    print('speed: %d driving frames %dx%d, engine batch %d, %s, layout %s, best of %d rounds'
+          % (len(frames), size, size, args.batch_size, 'eager modules' if args.no_fuse else 'fused copies',
+             ', '.join('%s %s' % (p, 'NHWC' if e.channels_last else 'NCHW') for p, e in engines.items())
+             + (', compiled' if args.compile else ''), args.rounds))
 
-    # warm up every variant on two frames (oneDNN primitive caches, cuDNN autotune, compile)
-    if args.channels_last:  # the loop runs in the default layout
-        generator.to(memory_format=torch.contiguous_format)
-        kp_detector.to(memory_format=torch.contiguous_format)
+    # warm up every variant (oneDNN primitive caches, cuDNN autotune, compilation)
     run_loop(generator, kp_detector, source, frames[:2], device)
     for p, e in engines.items():
-        if args.channels_last:
-            generator.to(memory_format=torch.channels_last)
-            kp_detector.to(memory_format=torch.channels_last)
+        t0 = time.perf_counter()
         run_engine(e, source, frames[:min(len(frames), args.batch_size)])
+        if args.compile:
+            print('  engine %s: first batch (compilation) %.1f s' % (p, time.perf_counter() - t0))
 
     best = {name: float('inf') for name in ['loop'] + precisions}
     outputs = {}
     for _ in range(args.rounds):
-        if args.channels_last:
-            generator.to(memory_format=torch.contiguous_format)
-            kp_detector.to(memory_format=torch.contiguous_format)
         seconds, outputs['loop'] = run_loop(generator, kp_detector, source, frames, device)
         best['loop'] = min(best['loop'], seconds)
-        if args.channels_last:
-            generator.to(memory_format=torch.channels_last)
-            kp_detector.to(memory_format=torch.channels_last)
         for p, e in engines.items():
             seconds, outputs[p] = run_engine(e, source, frames)
             best[p] = min(best[p], seconds)
@@ -259,7 +258,7 @@ def main(argv=None) -> int:
     if args.memory_frames:
         counts = [int(c) for c in args.memory_frames.split(',')]
         engine = AnimationEngine(generator, kp_detector, device, args.memory_precision, args.batch_size,
-                                 channels_last=args.channels_last)
+                                 channels_last=layout, fuse=not args.no_fuse)
         msize = args.memory_size
         print('memory: engine %s, frames %dx%d streamed from a generator, writer %s'
               % (engine.precision, msize, msize, args.writer))
