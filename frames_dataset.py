@@ -63,11 +63,7 @@ def worker_init_fn(worker_id: int) -> None:
     seed = info.seed if info is not None else torch.initial_seed()
     np.random.seed(seed % 2 ** 32)  # for third-party code that still uses the global state
     random.seed(seed)
-    try:
-        import cv2
-        cv2.setNumThreads(1)  # resizing in many workers: no thread pool per worker
-    except ImportError:
-        pass
+    # no cv2.setNumThreads here: in a forked worker it can wait forever on the parent's thread pool
     _reseed_tree(info.dataset if info is not None else None, seed, set())
 
 

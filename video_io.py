@@ -784,7 +784,7 @@ def copy_audio(src_video: PathLike, dst_video: PathLike) -> bool:
     """Mux the first audio stream of `src_video` into `dst_video` (video stream copied untouched).
 
     Returns False, changing nothing, when the source has no audio. The audio is stream-copied when
-    the container accepts it, else re-encoded to AAC; the result is cut to the shorter stream.
+    the container accepts it, else re-encoded to AAC; the audio is cut at the video's length.
     `dst_video` is replaced atomically."""
     src, dst = Path(src_video), Path(dst_video)
     if not src.is_file():
@@ -797,7 +797,11 @@ def copy_audio(src_video: PathLike, dst_video: PathLike) -> bool:
     tmp = dst.parent / ('.%s.audio-%d%s' % (dst.name, os.getpid(), dst.suffix))
     base = [ffmpeg_exe(), '-hide_banner', '-nostdin', '-loglevel', 'error', '-y', '-i', str(dst),
             '-i', str(src), '-map', '0:v:0', '-map', '1:a:0', '-c:v', 'copy']
-    tail = ['-shortest', '-f', _MUXERS[dst.suffix.lower()], str(tmp)]
+    # cut the audio at the video's length (-shortest would drop the last video frame when the audio
+    # track ends a few ms early)
+    info = probe_video(dst)
+    duration = info.num_frames / info.fps if info.fps else None
+    tail = (['-t', '%.6f' % duration] if duration else []) + ['-f', _MUXERS[dst.suffix.lower()], str(tmp)]
     try:
         res = _run(base + ['-c:a', 'copy'] + tail, src)
         if res.returncode != 0:

@@ -82,9 +82,6 @@ def test_demo_keeps_fps_frames_and_audio(files, tmp_path):
     assert not [p for p in os.listdir(tmp_path) if p.startswith('.')]  # no temporary left behind
 
 
-@pytest.mark.xfail(reason='video_io.copy_audio muxes with -shortest: an AAC track a few ms shorter than '
-                          'the video drops the last video frame(s); cutting the audio to the video would not',
-                   strict=False)
 def test_demo_audio_shorter_than_video_keeps_every_frame(files, tmp_path):
     from video_io import probe_video
     out = tmp_path / 'result.mp4'

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import metrics  # noqa: E402
-from inference import AnimationEngine, load_networks, per_frame_animation  # noqa: E402
+from inference import load_networks, per_frame_animation  # noqa: E402
 
 TINY = str(ROOT / 'tests' / 'tiny.yaml')
 
