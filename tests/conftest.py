@@ -35,3 +35,13 @@ def seeded_torch_home(tmp_path, monkeypatch):
     torch.save(seeded_vgg19_state(0), folder / VGG19_FILE)
     monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
     return tmp_path / 'torch_home'
+
+
+@pytest.fixture(scope='module')
+def one_thread():
+    """Tiny models gain nothing from more threads, and a second busy process on this 2-core
+    machine makes OpenMP threads wait on each other: one thread keeps these tests fast."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

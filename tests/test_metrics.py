@@ -17,14 +17,7 @@ from inference import load_networks, per_frame_animation  # noqa: E402
 TINY = str(ROOT / 'tests' / 'tiny.yaml')
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """Tiny models gain nothing from more threads, and a second busy process on this 2-core
-    machine makes OpenMP threads wait on each other: one thread keeps these tests fast."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def test_identical_frames():
