@@ -28,9 +28,6 @@ from logger import Logger
 from modules.model import DiscriminatorFullModel, GeneratorFullModel
 from runtime import autocast
 
-SCHEDULER_KEYS = ('scheduler_generator', 'scheduler_kp_detector', 'scheduler_discriminator')
-
-
 class TrainingStopped(RuntimeError):
     """Training could not go on (non-finite loss); the message says why and what was kept."""
 
@@ -99,19 +96,17 @@ def train(config, generator, discriminator, kp_detector, checkpoint: Optional[st
 
     start_epoch = 0
     if checkpoint is not None:
-        from checkpoint import read_checkpoint
-        saved = read_checkpoint(checkpoint)
         last = Logger.load_cpk(checkpoint, generator, discriminator, kp_detector, optimizer_generator,
                                optimizer_discriminator, optimizer_kp_detector, schedulers=schedulers,
                                verbose=master)
         start_epoch = last + 1  # the saved epoch is complete
-        if not any(k in saved for k in SCHEDULER_KEYS):  # an original checkpoint: replay the milestones
-            with warnings.catch_warnings():
-                warnings.simplefilter('ignore')
-                for sched in schedulers.values():
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            for sched in schedulers.values():
+                # a scheduler still at epoch 0 was not in the checkpoint (an original one): replay the milestones
+                if sched.last_epoch == 0:
                     for _ in range(start_epoch):
                         sched.step()
-        del saved
 
     if sync_bn and is_ddp:
         generator = torch.nn.SyncBatchNorm.convert_sync_batchnorm(generator)
