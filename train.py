@@ -103,8 +103,12 @@ def train(config, generator, discriminator, kp_detector, checkpoint: Optional[st
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             for sched in schedulers.values():
-                # a scheduler still at epoch 0 was not in the checkpoint (an original one): replay the milestones
+                # a scheduler still at epoch 0 was not in the checkpoint (an original one): replay the
+                # milestones from the config's rate (its optimizer may already hold a lowered rate, which
+                # MultiStepLR would lower again)
                 if sched.last_epoch == 0:
+                    for group, base_lr in zip(sched.optimizer.param_groups, sched.base_lrs):
+                        group['lr'] = base_lr
                     for _ in range(start_epoch):
                         sched.step()
 

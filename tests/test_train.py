@@ -76,6 +76,20 @@ def test_two_epochs_then_resume(tmp_path, shapes, seeded_torch_home):
     assert step_of(ck2) == 3 * steps_per_epoch  # Adam's step count carried over from epoch 0
     assert ck2['scheduler_generator']['last_epoch'] == 3
 
+    # an original checkpoint (no scheduler entries) saved after the milestone: its optimizer already
+    # holds the lowered rate; the milestones are replayed from the config's rate, not applied again
+    original = {k: v for k, v in ck1.items() if not k.startswith('scheduler_')}
+    assert original['optimizer_generator']['param_groups'][0]['lr'] == pytest.approx(2e-5)
+    orig_path = tmp_path / 'original.pth.tar'
+    torch.save(original, orig_path)
+    log2 = tmp_path / 'log2'
+    assert run_main(['--config', cfg3, '--checkpoint', str(orig_path), '--log_dir', str(log2),
+                     '--num_workers', '0']) == 0
+    ck = read_checkpoint(str(only_run_dir(log2) / 'checkpoints' / '00000002-checkpoint.pth.tar'))
+    for name in ('optimizer_generator', 'optimizer_kp_detector', 'optimizer_discriminator'):
+        assert ck[name]['param_groups'][0]['lr'] == pytest.approx(2e-5), name
+    assert ck['scheduler_generator']['last_epoch'] == 3
+
 
 def test_ddp_two_processes_keep_identical_weights(tmp_path, shapes, seeded_torch_home):
     cfg = make_config(tmp_path, shapes)
