@@ -275,13 +275,17 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _import_face_alignment():
+def _import_face_alignment(landmarks: bool = False):
+    """The face_alignment package; ``landmarks``: wanted for 68 landmarks, which the Haar detector
+    cannot give, so the error suggests --best_frame rather than --detector haar."""
     try:
         import face_alignment
         import face_alignment.api  # noqa: F401  (the module whose loader we point at local files)
     except ImportError as err:
-        raise FaceToolsError(f"face-alignment is not installed ({err}): see requirements-face.txt, "
-                             "or use --detector haar") from err
+        hint = ("landmarks (--find_best_frame, AKD) need it; or pick the frame with --best_frame N"
+                if landmarks else "or use --detector haar")
+        raise FaceToolsError(f"face-alignment is not installed ({err}): see requirements-face.txt; "
+                             + hint) from err
     return face_alignment
 
 
@@ -423,7 +427,7 @@ class FaceLandmarker:
         import inspect
         from unittest import mock
 
-        fa = _import_face_alignment()
+        fa = _import_face_alignment(landmarks=True)
         paths = resolve_fa_weights(weights_dir, landmarks=True, allow_download=allow_download)
         sfd_name = _file_name(fa_weight_urls(landmarks=False)[0])
 

@@ -212,6 +212,11 @@ def test_missing_face_alignment_is_one_clear_line(monkeypatch):
     with pytest.raises(FaceToolsError, match="face-alignment is not installed") as err:
         face.make_detector("face_alignment", device="cpu")
     assert "\n" not in str(err.value) and "requirements-face.txt" in str(err.value)
+    assert "--detector haar" in str(err.value)
+    # landmarks (best frame, AKD) cannot come from the Haar detector: the hint says what can be done
+    with pytest.raises(FaceToolsError, match="face-alignment is not installed") as err:
+        face.FaceLandmarker(device="cpu")
+    assert "--best_frame" in str(err.value) and "haar" not in str(err.value)
 
 
 def _no_network(monkeypatch):
