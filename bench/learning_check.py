@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 
+import imageio
 import numpy as np
 import torch
 
@@ -26,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from config import load_config  # noqa: E402
-from inference import AnimationEngine  # noqa: E402
+from inference import AnimationEngine, to_uint8_frames  # noqa: E402
 from video_io import iter_video_frames, resize_frame  # noqa: E402
 
 
@@ -36,12 +37,15 @@ def to_tensor(frames):
 
 
 @torch.no_grad()
-def evaluate(config_path, checkpoint, test_dir, batch_size=16, max_frames=None):
-    """Per-video and mean L1 of: driven reconstruction, copy-source, no-motion (see module doc)."""
+def evaluate(config_path, checkpoint, test_dir, batch_size=16, max_frames=None, strip=None, columns=6):
+    """Per-video and mean L1 of: driven reconstruction, copy-source, no-motion (see module doc).
+
+    strip: also write a PNG there: per test video, `columns` evenly spaced driving frames (the first
+    is the source) above the model's reconstructions of them."""
     engine = AnimationEngine.from_checkpoint(config_path, checkpoint, device='cpu', precision='fp32',
                                              batch_size=batch_size)
     h, w = engine.frame_shape
-    per_video = {}
+    per_video, rows = {}, []
     for path in sorted(glob.glob(os.path.join(test_dir, '*.mp4'))):
         frames = [resize_frame(f, h, w) for f in iter_video_frames(path)][:max_frames]
         video = to_tensor(frames)  # (T, 3, H, W)
@@ -54,6 +58,12 @@ def evaluate(config_path, checkpoint, test_dir, batch_size=16, max_frames=None):
             'driven': (driven - video).abs().mean().item(),
             'copy': (source - video).abs().mean().item(),
             'no_motion': (still - video).abs().mean().item()}
+        if strip is not None:
+            picks = np.linspace(0, len(frames) - 1, columns).round().astype(int)
+            rows.append(np.concatenate([frames[i] for i in picks], axis=1))
+            rows.append(np.concatenate(list(to_uint8_frames(driven[picks])), axis=1))
+    if strip is not None and rows:
+        imageio.imwrite(strip, np.concatenate(rows, axis=0))
     mean = {k: float(np.mean([v[k] for v in per_video.values()])) for k in ('driven', 'copy', 'no_motion')}
     return per_video, mean
 
@@ -67,6 +77,7 @@ def main():
     p.add_argument('--test_dir', default=None, help='test videos (default: <root_dir>/test from the config)')
     p.add_argument('--num_workers', type=int, default=1, help='DataLoader workers (default: 1)')
     p.add_argument('--out', default=None, help='write the figures as JSON here')
+    p.add_argument('--strip', default=None, help='write a PNG here: sampled test frames above their reconstructions')
     args = p.parse_args()
 
     cfg = load_config(args.config)
@@ -96,7 +107,7 @@ def main():
                    'batch_size': cfg.train_params.batch_size}
         print('trained %(steps)d steps (batch %(batch_size)d) in %(minutes).1f min: %(run_dir)s' % trained)
 
-    per_video, mean = evaluate(args.config, checkpoint, test_dir)
+    per_video, mean = evaluate(args.config, checkpoint, test_dir, strip=args.strip)
     for name, v in per_video.items():
         print('%-14s L1 driven %.4f  copy-source %.4f  no-motion %.4f' % (name, v['driven'], v['copy'],
                                                                          v['no_motion']))
