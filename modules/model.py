@@ -194,19 +194,27 @@ def _bare(module):
     return getattr(module, 'module', module)
 
 
-class GeneratorFullModel(nn.Module):
-    """Keypoint detector + generator with every generator-side loss; returns (losses, generated)."""
+class _TrainingModel(nn.Module):
+    """The three networks and the training parameters both loss models hold; `scales` are the
+    image-pyramid scales the model compares images at."""
 
-    def __init__(self, kp_extractor, generator, discriminator, train_params):
+    def __init__(self, kp_extractor, generator, discriminator, train_params, scales):
         super().__init__()
         self.kp_extractor = kp_extractor
         self.generator = generator
         self.discriminator = discriminator
         self.train_params = train_params
-        self.scales = train_params['scales']
-        self.disc_scales = _bare(discriminator).scales if discriminator is not None else []
-        self.pyramid = ImagePyramide(self.scales, _bare(generator).num_channels)
+        self.scales = scales
+        self.pyramid = ImagePyramide(scales, _bare(generator).num_channels)
         self.loss_weights = train_params['loss_weights']
+
+
+class GeneratorFullModel(_TrainingModel):
+    """Keypoint detector + generator with every generator-side loss; returns (losses, generated)."""
+
+    def __init__(self, kp_extractor, generator, discriminator, train_params):
+        super().__init__(kp_extractor, generator, discriminator, train_params, train_params['scales'])
+        self.disc_scales = _bare(discriminator).scales if discriminator is not None else []
         if sum(self.loss_weights['perceptual']) != 0:
             self.vgg = Vgg19(weights=train_params.get('vgg_weights', 'imagenet'))
             self.vgg.eval()
@@ -272,18 +280,11 @@ class GeneratorFullModel(nn.Module):
         return loss_values, generated
 
 
-class DiscriminatorFullModel(nn.Module):
+class DiscriminatorFullModel(_TrainingModel):
     """LSGAN discriminator loss on real driving frames vs generated ones (detached)."""
 
     def __init__(self, kp_extractor, generator, discriminator, train_params):
-        super().__init__()
-        self.kp_extractor = kp_extractor
-        self.generator = generator
-        self.discriminator = discriminator
-        self.train_params = train_params
-        self.scales = _bare(discriminator).scales
-        self.pyramid = ImagePyramide(self.scales, _bare(generator).num_channels)
-        self.loss_weights = train_params['loss_weights']
+        super().__init__(kp_extractor, generator, discriminator, train_params, _bare(discriminator).scales)
 
     def forward(self, x, generated):
         pyramide_real = self.pyramid(x['driving'])
