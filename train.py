@@ -12,9 +12,9 @@ Resume restores epoch, models, optimizers and schedulers. SIGINT/SIGTERM save a 
 stop cleanly; a non-finite loss stops training and keeps the last good checkpoint.
 """
 import math
+from collections import Counter
 import os
 import signal
-import warnings
 from typing import Optional
 
 import torch
@@ -100,17 +100,10 @@ def train(config, generator, discriminator, kp_detector, checkpoint: Optional[st
                                optimizer_discriminator, optimizer_kp_detector, schedulers=schedulers,
                                verbose=master)
         start_epoch = last + 1  # the saved epoch is complete
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            for sched in schedulers.values():
-                # a scheduler still at epoch 0 was not in the checkpoint (an original one): replay the
-                # milestones from the config's rate (its optimizer may already hold a lowered rate, which
-                # MultiStepLR would lower again)
-                if sched.last_epoch == 0:
-                    for group, base_lr in zip(sched.optimizer.param_groups, sched.base_lrs):
-                        group['lr'] = base_lr
-                    for _ in range(start_epoch):
-                        sched.step()
+        config_lrs = {'scheduler_generator': tp.lr_generator, 'scheduler_discriminator': tp.lr_discriminator,
+                      'scheduler_kp_detector': tp.lr_kp_detector}
+        for name, sched in schedulers.items():
+            follow_config_schedule(sched, config_lrs[name], tp.epoch_milestones, start_epoch)
 
     if sync_bn and is_ddp:
         generator = torch.nn.SyncBatchNorm.convert_sync_batchnorm(generator)
@@ -215,6 +208,21 @@ def train(config, generator, discriminator, kp_detector, checkpoint: Optional[st
         if logger is not None:
             logger.close()
     return {'stopped_early': stopped_early, 'steps': step}
+
+
+def follow_config_schedule(sched: MultiStepLR, base_lr: float, milestones, epoch: int) -> None:
+    """Put a resumed run on the schedule of the config it is resumed with: the rate for `epoch`
+    is base_lr * gamma ** (milestones passed), whatever the checkpoint's scheduler held (an original
+    checkpoint has none, and its optimizer may hold an already lowered rate; a milestone edited in
+    the config takes effect, as it does in the original code, which rebuilds its schedulers)."""
+    sched.milestones = Counter(milestones)
+    sched.base_lrs = [base_lr] * len(sched.optimizer.param_groups)
+    sched.last_epoch = epoch
+    passed = sum(1 for m in milestones if m <= epoch)
+    for group in sched.optimizer.param_groups:
+        group['initial_lr'] = base_lr
+        group['lr'] = base_lr * sched.gamma ** passed
+    sched._last_lr = [group['lr'] for group in sched.optimizer.param_groups]
 
 
 def _flush(sums, count, logger, bar, epoch):

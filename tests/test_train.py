@@ -90,6 +90,14 @@ def test_two_epochs_then_resume(tmp_path, shapes, seeded_torch_home):
         assert ck[name]['param_groups'][0]['lr'] == pytest.approx(2e-5), name
     assert ck['scheduler_generator']['last_epoch'] == 3
 
+    # the config resumed with governs the schedule: without milestones the rate is back at 2e-4
+    cfg_flat = make_config(tmp_path, shapes, num_epochs=3, epoch_milestones=[])
+    log3, ours = tmp_path / 'log3', tmp_path / 'ours.pth.tar'
+    ours.write_bytes((run_dir / 'checkpoints' / '00000001-checkpoint.pth.tar').read_bytes())
+    assert run_main(['--config', cfg_flat, '--checkpoint', str(ours), '--log_dir', str(log3), '--num_workers', '0']) == 0
+    ck = read_checkpoint(str(only_run_dir(log3) / 'checkpoints' / '00000002-checkpoint.pth.tar'))
+    assert ck['optimizer_generator']['param_groups'][0]['lr'] == pytest.approx(2e-4)
+
 
 def test_ddp_two_processes_keep_identical_weights(tmp_path, shapes, seeded_torch_home):
     cfg = make_config(tmp_path, shapes)
