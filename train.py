@@ -12,9 +12,9 @@ Resume restores epoch, models, optimizers and schedulers. SIGINT/SIGTERM save a 
 stop cleanly; a non-finite loss stops training and keeps the last good checkpoint.
 """
 import math
-from collections import Counter
 import os
 import signal
+from collections import Counter
 from typing import Optional
 
 import torch
@@ -27,6 +27,7 @@ from frames_dataset import DatasetRepeater, default_num_workers, worker_init_fn
 from logger import Logger
 from modules.model import DiscriminatorFullModel, GeneratorFullModel
 from runtime import autocast
+
 
 class TrainingStopped(RuntimeError):
     """Training could not go on (non-finite loss); the message says why and what was kept."""
@@ -96,12 +97,11 @@ def train(config, generator, discriminator, kp_detector, checkpoint: Optional[st
 
     start_epoch = 0
     if checkpoint is not None:
+        config_lrs = {name: sched.base_lrs[0] for name, sched in schedulers.items()}  # the config's rates
         last = Logger.load_cpk(checkpoint, generator, discriminator, kp_detector, optimizer_generator,
                                optimizer_discriminator, optimizer_kp_detector, schedulers=schedulers,
                                verbose=master)
         start_epoch = last + 1  # the saved epoch is complete
-        config_lrs = {'scheduler_generator': tp.lr_generator, 'scheduler_discriminator': tp.lr_discriminator,
-                      'scheduler_kp_detector': tp.lr_kp_detector}
         for name, sched in schedulers.items():
             follow_config_schedule(sched, config_lrs[name], tp.epoch_milestones, start_epoch)
 
