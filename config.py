@@ -202,24 +202,94 @@ class Config:
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def validate(self, source: str = '<config>') -> 'Config':
-        """Checks across keys that the schema alone cannot express."""
-        h, w = self.dataset_params.frame_shape[:2]
-        if sum(self.train_params.loss_weights.perceptual) != 0:
-            for s in self.train_params.scales:
-                if min(h, w) * s < 16:
-                    raise ConfigError('%s: train_params.scales: scale %s of a %dx%d frame is %g px, smaller than '
-                                      'the 16 px the five VGG19 slices of the perceptual loss need'
-                                      % (source, s, h, w, min(h, w) * s))
-        n_disc = self.model_params.discriminator_params.num_blocks
-        if len(self.train_params.loss_weights.feature_matching) < n_disc and \
-                self.train_params.loss_weights.generator_gan != 0:
-            raise ConfigError('%s: train_params.loss_weights.feature_matching needs %d weights (one per '
-                              'discriminator block)' % (source, n_disc))
-        if len(self.train_params.loss_weights.perceptual) > 5:
-            raise ConfigError('%s: train_params.loss_weights.perceptual has %d weights; VGG19 gives 5 feature maps'
-                              % (source, len(self.train_params.loss_weights.perceptual)))
+    def validate(self, source: str = '<config>', mode: Optional[str] = None) -> 'Config':
+        """Checks across keys that the schema alone cannot express. `mode`: None (inference: only
+        what building and running the networks needs), 'train' (also the training values and the
+        data), 'reconstruction' / 'animate' (also the data)."""
+        check_frame_shape(self, source)
+        check_frame_size(self.model_params, self.dataset_params.frame_shape, source)
+        if mode is not None and not self.dataset_params.root_dir:
+            raise ConfigError('%s: dataset_params.root_dir is missing: set it to the folder of videos' % source)
+        if mode == 'train':
+            check_training(self, source)
         return self
+
+
+def _fail(source: str, key: str, value, expected: str):
+    raise ConfigError('%s: %s: %r %s' % (source, key, value, expected))
+
+
+def check_frame_shape(config: Config, source: str) -> None:
+    shape = config.dataset_params.frame_shape
+    if len(shape) not in (2, 3) or any(int(v) <= 0 for v in shape) or (len(shape) == 3 and shape[2] != 3):
+        _fail(source, 'dataset_params.frame_shape', shape, 'is not [height, width, 3] with positive sizes')
+
+
+def check_training(config: Config, source: str) -> None:
+    """Training values in range, and the perceptual loss's pyramid fits VGG19."""
+    tp = config.train_params
+    for key in ('num_epochs', 'num_repeats', 'batch_size', 'checkpoint_freq'):
+        if getattr(tp, key) < 1:
+            _fail(source, 'train_params.' + key, getattr(tp, key), 'must be at least 1')
+    for key in ('lr_generator', 'lr_discriminator', 'lr_kp_detector'):
+        if not 0 <= getattr(tp, key) < 1:
+            _fail(source, 'train_params.' + key, getattr(tp, key), 'is not a learning rate in [0, 1)')
+    if any(m < 0 for m in tp.epoch_milestones):
+        _fail(source, 'train_params.epoch_milestones', tp.epoch_milestones, 'must not be negative')
+    if not tp.scales or any(not 0 < s <= 1 for s in tp.scales):
+        _fail(source, 'train_params.scales', tp.scales, 'must be pyramid scales in (0, 1]')
+    h, w = config.dataset_params.frame_shape[:2]
+    if sum(tp.loss_weights.perceptual) != 0:
+        for s in tp.scales:
+            if min(h, w) * s < 16:
+                raise ConfigError('%s: train_params.scales: scale %s of a %dx%d frame is %g px, smaller than '
+                                  'the 16 px the five VGG19 slices of the perceptual loss need'
+                                  % (source, s, h, w, min(h, w) * s))
+    n_disc = config.model_params.discriminator_params.num_blocks
+    if len(tp.loss_weights.feature_matching) < n_disc and tp.loss_weights.generator_gan != 0:
+        raise ConfigError('%s: train_params.loss_weights.feature_matching needs %d weights (one per '
+                          'discriminator block)' % (source, n_disc))
+    if len(tp.loss_weights.perceptual) > 5:
+        raise ConfigError('%s: train_params.loss_weights.perceptual has %d weights; VGG19 gives 5 feature maps'
+                          % (source, len(tp.loss_weights.perceptual)))
+
+
+def _network_sides(model: 'ModelParams'):
+    """(config key, what, scale, blocks, shrink) per network: its input is the frame side x scale
+    (nearest downsampling: floored), whose hourglass / encoder halves it `blocks` times and must
+    double back exactly; `shrink` pixels are lost after it (the keypoint heads' unpadded 7x7 convs)."""
+    kp = model.kp_detector_params
+    yield ('model_params.kp_detector_params', 'keypoint detector', kp.scale_factor, kp.num_blocks,
+           6 - 2 * kp.pad)
+    dm = model.generator_params.dense_motion_params
+    if dm is not None:
+        yield ('model_params.generator_params.dense_motion_params', 'dense motion network', dm.scale_factor,
+               dm.num_blocks, 0)
+    yield ('model_params.generator_params', 'generator', 1, model.generator_params.num_down_blocks, 0)
+
+
+def _side_works(side: int, scale: float, blocks: int, shrink: int) -> bool:
+    inner = int(side * scale) if scale != 1 else side
+    return inner >= 1 and inner % (2 ** blocks) == 0 and inner - shrink >= 1
+
+
+def check_frame_size(model: 'ModelParams', frame_shape, source: str) -> None:
+    """Every network can process frames of frame_shape; else name the key and the smallest side
+    that works for that network and all the others."""
+    h, w = int(frame_shape[0]), int(frame_shape[1])
+    nets = list(_network_sides(model))
+    for key, what, scale, blocks, shrink in nets:
+        for side in (h, w):
+            if _side_works(side, scale, blocks, shrink):
+                continue
+            smallest = next((s for s in range(1, 1 << 14)
+                             if all(_side_works(s, *n[2:]) for n in nets)), None)
+            raise ConfigError(
+                '%s: %s: the %s cannot process %dx%d frames (dataset_params.frame_shape): a side of %d x scale '
+                '%g = %d px must be divisible by 2^%d%s; the smallest side that works for every network of '
+                'this config is %s' % (source, key, what, h, w, side, scale, int(side * scale), blocks,
+                                       ' and leave %d px after the 7x7 heads' % shrink if shrink else '',
+                                       '%d px' % smallest if smallest else 'none below 16384'))
 
 
 _NUMBER = (int, float)
@@ -292,13 +362,15 @@ def _build(cls, data, prefix: str, source: str):
     return cls(**kwargs)
 
 
-def config_from_dict(data: Dict[str, Any], source: str = '<config>') -> Config:
-    """Build and check a Config from a nested dict (e.g. one stored in a checkpoint)."""
-    return _build(Config, data, '', source).validate(source)
+def config_from_dict(data: Dict[str, Any], source: str = '<config>', mode: Optional[str] = None) -> Config:
+    """Build and check a Config from a nested dict (e.g. one stored in a checkpoint); `mode` as
+    in Config.validate."""
+    return _build(Config, data, '', source).validate(source, mode)
 
 
-def load_config(path: str) -> Config:
-    """Read a YAML config; every error names the file and the key."""
+def load_config(path: str, mode: Optional[str] = None) -> Config:
+    """Read a YAML config; every error names the file and the key. `mode`: None for inference,
+    'train', 'reconstruction' or 'animate' (Config.validate)."""
     if not os.path.isfile(path):
         raise ConfigError('--config: file not found: %s' % path)
     try:
@@ -306,7 +378,9 @@ def load_config(path: str) -> Config:
             data = yaml.safe_load(f)
     except yaml.YAMLError as exc:
         raise ConfigError('%s: not valid YAML: %s' % (path, str(exc).splitlines()[0])) from None
-    return config_from_dict(data, path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError('%s: cannot read the config (%s)' % (path, exc)) from None
+    return config_from_dict(data, path, mode)
 
 
 def config_name(path: str) -> str:

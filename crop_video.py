@@ -20,8 +20,8 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from face import DETECTORS, FA_WEIGHTS_ENV, CropGeometry, Detector, FaceToolsError, iou, \
-    make_detector, resize_image, square_box
+from face import DETECTORS, FA_WEIGHTS_ENV, CropGeometry, Detector, FaceToolsError, iou, make_detector, square_box
+from images import resize
 
 PROG = "crop_video.py"
 
@@ -147,43 +147,31 @@ def plan_clips(tracks: Sequence[Track], frame_hw: tuple[int, int], increase: flo
 
 # --------------------------------------------------------------------------- video I/O
 
-def _open_reader(path: Path):
-    import imageio
+def _open(path: Path):
+    """The input as a video_io VideoSource; one-line errors name it."""
+    from video_io import MediaError, open_video
 
     if path.is_dir():
         raise FaceToolsError(f"input {path} is a folder, expected a video file")
     if not path.is_file():
         raise FaceToolsError(f"input video not found: {path}")
     try:
-        return imageio.get_reader(str(path), format="FFMPEG")
-    except Exception as err:  # imageio raises a variety of types for unreadable files
-        raise FaceToolsError(f"cannot read video {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
+        return open_video(path)
+    except MediaError as err:
+        raise FaceToolsError(str(err)) from None
 
 
-def _frames(reader, path: Path) -> Iterator[np.ndarray]:
-    """Frames as (H, W, 3) uint8, turning decoder failures into one-line errors."""
-    iterator = iter(reader)
-    index = 0
-    while True:
-        try:
-            frame = next(iterator)
-        except StopIteration:
-            return
-        except Exception as err:
-            raise FaceToolsError(f"cannot decode frame {index} of {path}: {err}") from err
-        frame = np.asarray(frame)
-        if frame.ndim == 2:
-            frame = np.repeat(frame[..., None], 3, axis=2)
-        yield frame[..., :3]
-        index += 1
+def _frames(video, limit: Optional[int] = None) -> Iterator[np.ndarray]:
+    """The video's uint8 (H, W, 3) frames, decoder failures turned into one-line errors."""
+    from video_io import MediaError
 
-
-def _expected_frames(reader) -> Optional[int]:
-    meta = reader.get_meta_data()
-    fps, duration = meta.get("fps"), meta.get("duration")
-    if fps and duration and np.isfinite(duration):
-        return int(round(fps * duration))
-    return None
+    try:
+        for index, frame in enumerate(video):
+            if limit is not None and index >= limit:
+                return
+            yield frame
+    except MediaError as err:
+        raise FaceToolsError(str(err)) from None
 
 
 def detect_tracks(path: Path, detector: Detector, every: int = 1, iou_with_initial: float = 0.25,
@@ -192,56 +180,58 @@ def detect_tracks(path: Path, detector: Detector, every: int = 1, iou_with_initi
     """Pass 1: tracks, frame (H, W), number of frames and fps of the video at ``path``."""
     from tqdm import tqdm
 
-    reader = _open_reader(path)
-    fps = float(reader.get_meta_data().get("fps") or 25.0)
+    video = _open(path)
     tracker = FaceTracker(iou_with_initial, iou_with_previous, max_gap)
     frame_hw, count = (0, 0), 0
-    try:
-        for index, frame in enumerate(tqdm(_frames(reader, path), total=_expected_frames(reader),
-                                           desc="detecting faces", unit="frame",
-                                           disable=not progress)):
-            frame_hw, count = frame.shape[:2], index + 1
-            if index % every == 0:
-                tracker.update(index, detector(frame))
-    finally:
-        reader.close()
+    for index, frame in enumerate(tqdm(_frames(video), total=video.num_frames, desc="detecting faces",
+                                       unit="frame", disable=not progress)):
+        frame_hw, count = frame.shape[:2], index + 1
+        if index % every == 0:
+            tracker.update(index, detector(frame))
     if count == 0:
         raise FaceToolsError(f"video {path} has no frames")
-    return tracker.finish(), frame_hw, count, fps
+    return tracker.finish(), frame_hw, count, float(video.info.fps or 25.0)
 
 
-def write_clips(path: Path, clips: Sequence[Clip], out_dir: Path, image_shape: tuple[int, int],
-                fps: float, total: Optional[int] = None, progress: bool = True) -> list[Path]:
-    """Pass 2: read ``path`` again and stream each clip's crops into its own mp4."""
-    import imageio
+def clip_paths(path: Path, clips: Sequence[Clip], out_dir: Path, overwrite: bool = False) -> list[Path]:
+    """Each clip's output path, checked by the one output-path rule before anything is written."""
+    from outputs import OutputError, check_output
+
+    outputs = [out_dir / clip.name(path.stem) for clip in clips]
+    try:
+        for output in outputs:
+            check_output("--out_dir", str(output), {"--inp": str(path)}, overwrite=overwrite)
+    except OutputError as err:
+        raise FaceToolsError(str(err)) from None
+    return outputs
+
+
+def write_clips(path: Path, clips: Sequence[Clip], outputs: Sequence[Path], image_shape: tuple[int, int],
+                fps: float, progress: bool = True) -> list[Path]:
+    """Pass 2: read ``path`` again and stream each clip's crops into its own mp4 (each written to a
+    temporary name and renamed when complete)."""
     from tqdm import tqdm
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    outputs = [out_dir / clip.name(path.stem) for clip in clips]
-    writers: dict[int, object] = {}
+    from video_io import VideoWriter
+
+    writers: dict[int, VideoWriter] = {}
     last_frame = max(clip.end for clip in clips)
-    reader = _open_reader(path)
     try:
-        for index, frame in enumerate(tqdm(_frames(reader, path), total=min(total or last_frame + 1, last_frame + 1),
+        for index, frame in enumerate(tqdm(_frames(_open(path), last_frame + 1), total=last_frame + 1,
                                            desc="writing clips", unit="frame", disable=not progress)):
-            if index > last_frame:
-                break
             for number, clip in enumerate(clips):
                 if not clip.start <= index <= clip.end:
                     continue
                 if number not in writers:
-                    writers[number] = imageio.get_writer(
-                        str(outputs[number]), format="FFMPEG", fps=fps, codec="libx264",
-                        quality=8, macro_block_size=2, ffmpeg_log_level="error")
+                    writers[number] = VideoWriter(outputs[number], fps=fps)
                 x0, y0, x1, y1 = clip.geometry.box
-                writers[number].append_data(resize_image(frame[y0:y1, x0:x1], image_shape))
+                writers[number].write(resize(frame[y0:y1, x0:x1], *image_shape))
                 if index == clip.end:
                     writers.pop(number).close()
     finally:
-        reader.close()
-        for writer in writers.values():
-            writer.close()
-    return outputs
+        for writer in writers.values():  # an error part-way: unfinished clips are discarded
+            writer.abort()
+    return list(outputs)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -304,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "if set, else $TORCH_HOME/hub/checkpoints)")
     parser.add_argument("--offline", action="store_true",
                         help="never try to download face-alignment weights")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing clips that this tool did not write (never the input)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -316,7 +308,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     if args.max_gap < 0 or args.min_size < 1 or args.increase < 0:
         raise FaceToolsError("--max_gap and --increase must be >= 0 and --min_size >= 1")
     path = Path(args.inp)
-    _open_reader(path).close()  # a bad input fails before any detector loads
+    _open(path)  # a bad input fails before any detector loads
     device = "cpu" if args.cpu else args.device
     detector = make_detector(args.detector, device=device, weights_dir=args.fa_weights_dir,
                              allow_download=not args.offline)
@@ -328,11 +320,13 @@ def run(args: argparse.Namespace) -> list[Path]:
     for reason in rejected:
         print(f"skipped {reason}", file=sys.stderr)
     if not clips:
-        print(f"no clip written: {len(tracks)} face track(s) in {count} frames of {path}, none long "
-              "and large enough (see the reasons above; lower --min_frames / --min_size?)", file=sys.stderr)
+        why = (f"{len(tracks)} face track(s), none long and large enough (reasons above; lower --min_frames / "
+               "--min_size?)" if tracks else f"no face was detected (--detector {args.detector})")
+        print(f"no clip written: {count} frames of {path}: {why}", file=sys.stderr)
         return []
     out_dir = args.out_dir if args.out_dir is not None else path.resolve().parent
-    outputs = write_clips(path, clips, out_dir, args.image_shape, fps, count, progress)
+    outputs = write_clips(path, clips, clip_paths(path, clips, out_dir, args.overwrite), args.image_shape, fps,
+                          progress)
     for clip, output in zip(clips, outputs):
         g = clip.geometry
         print(f"{output}: frames {clip.start}-{clip.end} ({clip.end - clip.start + 1}), "

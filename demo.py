@@ -6,7 +6,10 @@
 The image (any size or aspect ratio; gray, RGBA and 16-bit files are converted) and the driving
 frames are fitted to the config's frame_shape (--fit); the result keeps the driving video's fps
 and, by default, its audio. With --crop_source the face is cut from the photo first, and with
---paste_back every generated frame is blended back into the full-resolution photo.
+--paste_back every generated frame is blended back into the full-resolution photo. A checkpoint
+written by this project carries its config, so --config may be left out for it.
+
+Outputs never replace an input, nor a file or folder this tool did not write (unless --overwrite).
 
 Python API kept from the original: `load_checkpoints(config_path, checkpoint_path, cpu=False)`
 -> (generator, kp_detector) and `make_animation(source_image, driving_video, generator,
@@ -14,31 +17,27 @@ kp_detector, relative=True, adapt_movement_scale=True, cpu=False)` -> list of (H
 frames; both run on the batched engine of `inference.py`.
 """
 import argparse
-import collections
 import contextlib
 import os
 import sys
-import tempfile
 from typing import List, Optional, Sequence
 
 import numpy as np
-import torch
 
-from inference import FITS, AnimationEngine, fit_image, load_networks
+from images import FITS, MediaError, fit, read_image
+from inference import AnimationEngine, load_networks, to_uint8_frames
+from outputs import OutputError, check_outputs
+from runtime import resolve_device
 
 PROG = 'demo.py'
 
 
 # ----------------------------------------------------------------------------- Python API
-def _device(cpu: bool) -> torch.device:
-    return torch.device('cpu' if cpu or not torch.cuda.is_available() else 'cuda')
-
-
 def load_checkpoints(config_path: str, checkpoint_path: str, cpu: bool = False):
     """(generator, kp_detector) built from a config, weights loaded (weights_only), eval mode, on
     CUDA unless `cpu` (or no GPU is present)."""
     generator, kp_detector, _ = load_networks(config_path, checkpoint_path)
-    device = _device(cpu)
+    device = resolve_device('cpu' if cpu else None)
     return generator.to(device).eval(), kp_detector.to(device).eval()
 
 
@@ -57,11 +56,8 @@ def make_animation(source_image: np.ndarray, driving_video: Sequence[np.ndarray]
 def find_best_frame(source: np.ndarray, driving: Sequence[np.ndarray], cpu: bool = False) -> int:
     """Index of the driving frame whose face landmarks best match the source's (face-alignment)."""
     import face
-    device = 'cpu' if cpu else None
-    landmarker = face.FaceLandmarker(device=device)
-    source_landmarks = landmarker(np.asarray(source))
-    driving_landmarks = face.landmarks_for_frames(driving, landmarker=landmarker)
-    return face.find_best_frame(source_landmarks, driving_landmarks)
+    landmarker = face.FaceLandmarker(device='cpu' if cpu else None)
+    return face.find_best_frame(landmarker(np.asarray(source)), face.landmarks_for_frames(driving, landmarker=landmarker))
 
 
 # ----------------------------------------------------------------------------------- CLI
@@ -75,7 +71,8 @@ class UserError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=_Formatter)
-    p.add_argument('--config', required=True, help='model config (YAML), e.g. config/vox-256.yaml')
+    p.add_argument('--config', default=None,
+                   help='model config (YAML), e.g. config/vox-256.yaml; default: the config stored in the checkpoint')
     p.add_argument('--checkpoint', default='vox-cpk.pth.tar', help='weights (.pth.tar) that fit the config')
     p.add_argument('--source_image', default='sup-mat/source.png', help='the image to animate')
     p.add_argument('--driving_video', default='driving.mp4',
@@ -110,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--preview', default=None,
                    help='also write a side-by-side video (source | driving | result, at the model\'s frame size) here')
     p.add_argument('--no_audio', action='store_true', help='do not copy the driving video\'s audio track')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace an existing output that this tool did not write (never an input, never a '
+                        'folder holding anything but frames)')
+    p.add_argument('--max_pixels', type=int, default=None,
+                   help='refuse a source image larger than this many pixels (default: $FOMM_MAX_PIXELS or 64e6)')
     p.add_argument('--device', default=None, help='cpu, cuda or cuda:N (default: cuda when available, else cpu)')
     p.add_argument('--cpu', action='store_true', help='same as --device cpu (the original\'s flag)')
     p.add_argument('--precision', default='auto', choices=('auto', 'fp32', 'bf16', 'fp16'),
@@ -121,34 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_output(path: str) -> str:
-    """The output's format; fails early (before any work) when it cannot be written."""
-    from video_io import _MUXERS
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in _MUXERS and ext not in ('.gif', '.png'):
-        raise UserError('--result_video: %s: unknown format %r (use .mp4, .mov, .mkv, .avi, .gif or .png)'
-                        % (path, ext))
-    if os.path.isdir(path) and ext != '.png':
-        raise UserError('--result_video: %s is a folder' % path)
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        raise UserError('--result_video: cannot create the folder %s (%s)' % (folder, e.strerror or e)) from None
-    try:  # a real probe: os.access says yes for root, and for /proc
-        with tempfile.NamedTemporaryFile(dir=folder, prefix='.write-test-'):
-            pass
-    except OSError as e:
-        raise UserError('--result_video: cannot write into %s (%s)' % (folder, e.strerror or e)) from None
-    return ext
-
-
-def run(args: argparse.Namespace) -> str:
-    """The demo; returns the written path. Raises UserError (and the project's one-line errors)."""
-    import face
-    from tqdm import tqdm
-
-    from video_io import VideoWriter, copy_audio, has_audio, open_video, read_image
+def check_args(args: argparse.Namespace) -> None:
+    """Every check that needs no model: flags that exclude each other, inputs that exist, and the
+    output-path rule (outputs.check_outputs), all before any work starts."""
+    from video_io import OUTPUT_FORMATS
 
     if args.paste_back and not args.crop_source:
         raise UserError('--paste_back needs --crop_source (it pastes the animated face crop back)')
@@ -156,84 +134,109 @@ def run(args: argparse.Namespace) -> str:
         raise UserError('--find_best_frame and --best_frame N exclude each other')
     if args.adapt_scale and not args.relative:
         print('%s: note: --adapt_scale has no effect without --relative' % PROG, file=sys.stderr)
-    _check_output(args.result_video)
-    if args.preview is not None:
-        try:
-            _check_output(args.preview)
-        except UserError as e:
-            raise UserError(str(e).replace('--result_video', '--preview')) from None
-        if os.path.abspath(args.preview) == os.path.abspath(args.result_video):
-            raise UserError('--preview: %s is also --result_video' % args.preview)
-    if not os.path.isfile(args.source_image):
-        raise UserError('--source_image: file not found: %s' % args.source_image)
-    photo = read_image(args.source_image)  # uint8 (H, W, 3)
-    if not os.path.exists(args.driving_video):
-        raise UserError('--driving_video: file not found: %s' % args.driving_video)
+    for flag in ('--source_image', '--driving_video', '--checkpoint', '--config'):
+        path = getattr(args, flag[2:])
+        if path is not None and not os.path.exists(path):
+            raise UserError('%s: file not found: %s' % (flag, path))
+    outputs = {'--result_video': args.result_video, '--preview': args.preview}
+    for flag, path in outputs.items():
+        if path is not None and os.path.splitext(path)[1].lower() not in OUTPUT_FORMATS:
+            raise UserError('%s: %s: unknown format %r (use .mp4, .mov, .mkv, .avi, .gif or .png)'
+                            % (flag, path, os.path.splitext(path)[1]))
+    inputs = {flag: getattr(args, flag[2:]) for flag in ('--source_image', '--driving_video', '--checkpoint', '--config')}
+    check_outputs(outputs, inputs, overwrite=args.overwrite,
+                  folder_ok=[f for f, p in outputs.items() if p and p.lower().endswith('.png')])
+
+
+def open_driving(args: argparse.Namespace):
+    """The driving video (a VideoSource), checked: frames, and --best_frame in range."""
+    from video_io import open_video
+
     video = open_video(args.driving_video)
     if video.num_frames < 1:
         raise UserError('--driving_video: %s has no frames' % args.driving_video)
     if args.best_frame is not None and not 0 <= args.best_frame < video.num_frames:
         raise UserError('--best_frame: %d is outside 0..%d (%s has %d frames)'
                         % (args.best_frame, video.num_frames - 1, args.driving_video, video.num_frames))
+    return video
 
-    device = 'cpu' if args.cpu else args.device
-    landmarker = None
-    if args.find_best_frame:  # before the model loads: a missing package fails fast
-        try:
-            landmarker = face.FaceLandmarker(device='cpu' if args.cpu else (args.device or None))
-        except face.FaceToolsError as e:
-            raise UserError('--find_best_frame: %s' % e) from None
-    engine = AnimationEngine.from_checkpoint(args.config, args.checkpoint, device=device,
-                                             precision=args.precision, batch_size=args.batch_size,
-                                             compile=args.compile)
+
+def make_landmarker(args: argparse.Namespace):
+    """face-alignment's landmarker for --find_best_frame (before the model loads: fails fast)."""
+    import face
+    try:
+        return face.FaceLandmarker(device='cpu' if args.cpu else (args.device or None))
+    except face.FaceToolsError as e:
+        raise UserError('--find_best_frame: %s' % e) from None
+
+
+def prepare_source(args: argparse.Namespace, photo: np.ndarray, size: tuple, device: str):
+    """(source at the model's size, crop geometry or None) from the photo (--crop_source, --fit)."""
+    if not args.crop_source:
+        return fit(photo, size, args.fit), None
+    import face
+    detector = face.make_detector(args.detector, device=device)
+    box = face.find_face(photo, detector, what='--source_image %s' % args.source_image)
+    return face.crop_face(photo, box, out_size=tuple(size), increase=args.increase)
+
+
+def initial_frame(args, video, source: np.ndarray, size: tuple, landmarker) -> Optional[np.ndarray]:
+    """The driving frame relative motion starts from: --best_frame N, the --find_best_frame match,
+    or None (the first frame). Animating forward and backward from frame i, as the original did,
+    gives every frame the keypoints of frame i as initial ones: one forward pass with them is the same."""
+    if args.best_frame is None and not args.find_best_frame:
+        return None
+    index = args.best_frame
+    if index is None:
+        import face
+        landmarks = face.landmarks_for_frames((fit(f, size, args.fit) for f in video), landmarker=landmarker,
+                                              progress=not args.quiet)
+        index = face.find_best_frame(landmarker(source), landmarks)
+        print('%s: best frame: %d' % (PROG, index), file=sys.stderr)
+    return fit(video.read([index])[0], size, args.fit)
+
+
+def write_outputs(args, engine, video, source, photo, geometry, initial) -> None:
+    """Stream the animation into --result_video (pasted back with --paste_back) and --preview."""
+    import face
+    from tqdm import tqdm
+
+    from video_io import VideoWriter, copy_audio, has_audio
+
     size = engine.frame_shape
-
-    geometry = None
-    if args.crop_source:
-        detector = face.make_detector(args.detector, device=str(engine.device))
-        box = face.find_face(photo, detector, what='--source_image %s' % args.source_image)
-        source, geometry = face.crop_face(photo, box, out_size=tuple(size), increase=args.increase)
-    else:
-        source = fit_image(photo, size, args.fit)
-
-    def driving_frames():
-        for frame in video:
-            yield fit_image(frame, size, args.fit)
-
-    initial = None
-    if args.best_frame is not None or args.find_best_frame:
-        index = args.best_frame
-        if index is None:
-            index = face.find_best_frame(landmarker(source), face.landmarks_for_frames(
-                driving_frames(), landmarker=landmarker, progress=not args.quiet))
-            print('%s: best frame: %d' % (PROG, index), file=sys.stderr)
-        # Animating forward and backward from frame i, as the original did, gives every frame
-        # the keypoints of frame i as initial ones: one forward pass with them is the same.
-        initial = fit_image(video.read([index])[0], size, args.fit)
-
-    engine.set_source(source)
-    pending = collections.deque()  # driving frames waiting for their result (preview only)
-
-    def feed():
-        for frame in driving_frames():
-            if args.preview is not None:
-                pending.append(frame)
-            yield frame
-
-    frames = engine.animate(feed(), relative=args.relative, adapt_scale=args.adapt_scale, initial_frame=initial)
+    driving = (fit(frame, size, args.fit) for frame in video)
+    results = engine.stream(driving, relative=args.relative, adapt_scale=args.adapt_scale, initial_frame=initial)
     with contextlib.ExitStack() as stack:
         writer = stack.enter_context(VideoWriter(args.result_video, fps=video.info.fps))
         preview = stack.enter_context(VideoWriter(args.preview, fps=video.info.fps)) if args.preview else None
-        for frame in tqdm(frames, total=video.num_frames, unit='frame', desc='animate', disable=args.quiet):
-            if preview is not None:
-                preview.write(np.concatenate([source, pending.popleft(), frame], axis=1))
-            if geometry is not None and args.paste_back:
-                frame = face.paste_back(photo, frame, geometry, feather=args.feather)
-            writer.write(frame)
+        bar = stack.enter_context(tqdm(total=video.num_frames, unit='frame', desc='animate', disable=args.quiet))
+        for result in results:
+            for frame, driven in zip(to_uint8_frames(result['prediction']), result['frames']):
+                if preview is not None:
+                    preview.write(np.concatenate([source, driven, frame], axis=1))
+                writer.write(face.paste_back(photo, frame, geometry, feather=args.feather)
+                             if args.paste_back else frame)
+                bar.update(1)
     if not args.no_audio and has_audio(args.driving_video):
         for path in (args.result_video, args.preview):
             if path is not None and os.path.splitext(path)[1].lower() not in ('.gif', '.png'):
                 copy_audio(args.driving_video, path)
+
+
+def run(args: argparse.Namespace) -> str:
+    """The demo; returns the written path. Raises UserError (and the project's one-line errors)."""
+    check_args(args)
+    photo = read_image(args.source_image, limit=args.max_pixels)  # uint8 (H, W, 3), decoded in full
+    video = open_driving(args)
+    landmarker = make_landmarker(args) if args.find_best_frame else None
+    engine = AnimationEngine.from_checkpoint(args.config, args.checkpoint, device='cpu' if args.cpu else args.device,
+                                             precision=args.precision, batch_size=args.batch_size,
+                                             compile=args.compile)
+    size = engine.frame_shape
+    source, geometry = prepare_source(args, photo, size, str(engine.device))
+    initial = initial_frame(args, video, source, size, landmarker)
+    engine.set_source(source)
+    write_outputs(args, engine, video, source, photo, geometry, initial)
     return args.result_video
 
 
@@ -242,11 +245,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from checkpoint import CheckpointError
     from config import ConfigError
     from face import FaceToolsError
-    from video_io import MediaError
 
     try:
         path = run(args)
-    except (UserError, ConfigError, CheckpointError, MediaError, FaceToolsError, ValueError, OSError) as e:
+    except (UserError, ConfigError, CheckpointError, MediaError, OutputError, FaceToolsError, ValueError,
+            OSError) as e:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print('%s: error: %s' % (PROG, message), file=sys.stderr)
         return 1

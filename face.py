@@ -24,6 +24,9 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from images import resize, to_float, to_uint8
+from modules.keypoints import convex_hull_area
+
 Landmarks = np.ndarray  # (68, 2) float, x/y in pixels
 LandmarkFn = Callable[[np.ndarray], Optional[Landmarks]]
 Detector = Callable[[np.ndarray], np.ndarray]
@@ -45,32 +48,6 @@ def _check_image(image: np.ndarray, what: str) -> None:
         raise ValueError(f"{what} must be an (H, W, 3) RGB array, got {shape}")
     if image.dtype != np.uint8 and not np.issubdtype(image.dtype, np.floating):
         raise ValueError(f"{what} must be uint8 or float in [0, 1], got {image.dtype}")
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """uint8 copy-free passthrough, float [0, 1] -> uint8 (rounded, clipped)."""
-    if image.dtype == np.uint8:
-        return image
-    return np.clip(np.rint(np.asarray(image, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
-
-
-def _to_float01(image: np.ndarray) -> np.ndarray:
-    if image.dtype == np.uint8:
-        return image.astype(np.float64) / 255.0
-    return image.astype(np.float64)
-
-
-def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize to (height, width), anti-aliased when shrinking; keeps the dtype."""
-    from skimage.transform import resize
-
-    height, width = size
-    if image.shape[:2] == (height, width):
-        return image.copy()
-    shrink = height < image.shape[0] or width < image.shape[1]
-    out = resize(_to_float01(image), (height, width), order=1, mode="edge",
-                 anti_aliasing=shrink, preserve_range=True)
-    return to_uint8(out) if image.dtype == np.uint8 else out.astype(image.dtype)
 
 
 def box_area(box: Sequence[float]) -> float:
@@ -148,7 +125,7 @@ def crop_face(image: np.ndarray, box: Sequence[float], out_size: Union[int, tupl
     geometry = square_box(box, image.shape[:2], increase)
     size = (out_size, out_size) if isinstance(out_size, int) else tuple(out_size)
     x0, y0, x1, y1 = geometry.box
-    return resize_image(image[y0:y1, x0:x1], size), geometry
+    return resize(image[y0:y1, x0:x1], *size), geometry
 
 
 def feather_mask(size: int, feather: float) -> np.ndarray:
@@ -188,7 +165,7 @@ def paste_back(full_image: np.ndarray, generated_crop: np.ndarray, geometry: Cro
                          f"geometry is for a {geometry.image_width}x{geometry.image_height} image")
     x0, y0, x1, y1 = geometry.box
     region = full_image[y0:y1, x0:x1]
-    generated = _to_float01(resize_image(generated_crop, (geometry.size, geometry.size)))
+    generated = to_float(resize(generated_crop, geometry.size, geometry.size)).astype(np.float64)
     if full_image.dtype == np.uint8:
         generated = generated * 255.0
     mask = feather_mask(geometry.size, feather)[..., None]
@@ -268,11 +245,9 @@ class HaarFaceDetector:
         return _largest_first(np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1))
 
 
-def default_device() -> str:
-    """'cuda' when available, else 'cpu'."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def _default_device() -> str:
+    from runtime import resolve_device  # torch only where a network runs
+    return str(resolve_device(None))
 
 
 def _import_face_alignment(landmarks: bool = False):
@@ -377,7 +352,7 @@ class SfdFaceDetector:
         paths = resolve_fa_weights(weights_dir, landmarks=False, allow_download=allow_download)
         from face_alignment.detection.sfd.sfd_detector import SFDDetector
 
-        self.device = device or default_device()
+        self.device = device or _default_device()
         self._detector = SFDDetector(device=self.device, path_to_detector=str(next(iter(paths.values()))))
         self.detect_size = detect_size
 
@@ -387,7 +362,7 @@ class SfdFaceDetector:
         # As the original crop-video: detect on a frame whose longer side is at most 640 px.
         scale = min(1.0, self.detect_size / max(frame.shape[:2]))
         if scale < 1.0:
-            frame = resize_image(frame, (round(frame.shape[0] * scale), round(frame.shape[1] * scale)))
+            frame = resize(frame, round(frame.shape[0] * scale), round(frame.shape[1] * scale))
         found = self._detector.detect_from_image(frame.copy())
         if len(found) == 0:
             return np.zeros((0, 4))
@@ -438,7 +413,7 @@ class FaceLandmarker:
                                      f"provide: install the version in requirements-face.txt")
             return str(paths[name])
 
-        self.device = device or default_device()
+        self.device = device or _default_device()
         landmarks_type = getattr(fa.LandmarksType, "TWO_D", None) or getattr(fa.LandmarksType, "_2D")
         kwargs = dict(device=self.device, flip_input=flip_input, face_detector="sfd",
                       face_detector_kwargs={"path_to_detector": str(paths[sfd_name])})
@@ -467,26 +442,6 @@ def landmarks_for_frames(frames: Iterable[np.ndarray], device: Optional[str] = N
 
     landmarker = landmarker or FaceLandmarker(device=device, weights_dir=weights_dir)
     return [landmarker(frame) for frame in tqdm(frames, desc="landmarks", disable=not progress)]
-
-
-def convex_hull_area(points: np.ndarray) -> float:
-    """Area of the convex hull of (N, 2) points (Andrew's monotone chain + shoelace)."""
-    pts = sorted(set(map(tuple, np.asarray(points, dtype=np.float64)[:, :2])))
-    if len(pts) < 3:
-        return 0.0
-
-    def half(seq):
-        hull: list = []
-        for p in seq:
-            while len(hull) >= 2 and ((hull[-1][0] - hull[-2][0]) * (p[1] - hull[-2][1])
-                                      - (hull[-1][1] - hull[-2][1]) * (p[0] - hull[-2][0])) <= 0:
-                hull.pop()
-            hull.append(p)
-        return hull[:-1]
-
-    hull = np.array(half(pts) + half(pts[::-1]))
-    x, y = hull[:, 0], hull[:, 1]
-    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
 
 
 def normalize_landmarks(landmarks: Landmarks) -> np.ndarray:

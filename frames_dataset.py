@@ -24,7 +24,7 @@ import warnings
 from collections import OrderedDict, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -32,8 +32,9 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from augmentation import AllAugmentationTransform, process_rng
-from video_io import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, FolderSource, MediaError, VideoSource,
-                      is_image_file, open_video, resize_frame)
+from images import IMAGE_EXTENSIONS, MediaError, frames_to_float, resize
+from runtime import cpu_count
+from video_io import VIDEO_EXTENSIONS, FolderSource, VideoSource, is_image_file, open_video
 
 _MAX_WARNINGS = 10  # per kind of warning and dataset; the rest are summarised in one line
 
@@ -49,11 +50,7 @@ class DatasetWarning(UserWarning):
 def default_num_workers() -> int:
     """DataLoader workers for this machine: one per usable CPU, leaving one for the main
     process, at most 8 (decoding is cheap; more workers mostly add memory)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(0, min(8, cpus - 1))
+    return max(0, min(8, cpu_count() - 1))
 
 
 def worker_init_fn(worker_id: int) -> None:
@@ -99,17 +96,12 @@ def _frame_shape(frame_shape) -> tuple:
     return shape
 
 
-def _fit(frames: np.ndarray, frame_shape: tuple) -> np.ndarray:
-    """uint8 (N, h, w, 3) -> (N, H, W, 3) of frame_shape, resizing when needed."""
-    h, w = frame_shape[:2]
+def fit_frames(frames: np.ndarray, frame_shape: Sequence[int]) -> np.ndarray:
+    """uint8 (N, h, w, 3) -> (N, H, W, 3) of frame_shape, resizing when needed (images.resize)."""
+    h, w = int(frame_shape[0]), int(frame_shape[1])
     if frames.shape[1:3] == (h, w):
         return frames
-    return np.stack([resize_frame(f, h, w) for f in frames])
-
-
-def _to_float(frames: np.ndarray) -> np.ndarray:
-    """uint8 -> float32 in [0, 1] (as skimage's img_as_float32)."""
-    return frames.astype(np.float32) * np.float32(1.0 / 255.0)
+    return np.stack([resize(f, h, w) for f in frames])
 
 
 def read_video(name, frame_shape=(256, 256, 3)) -> np.ndarray:
@@ -126,7 +118,7 @@ def read_video(name, frame_shape=(256, 256, 3)) -> np.ndarray:
         warnings.warn('%s: frames are %dx%d, resized to %dx%d (dataset_params.frame_shape)'
                       % (name, frames.shape[1], frames.shape[2], shape[0], shape[1]),
                       DatasetWarning, stacklevel=2)
-    return _to_float(_fit(frames, shape))
+    return frames_to_float(fit_frames(frames, shape))
 
 
 def list_media(folder: Path) -> list:
@@ -327,18 +319,35 @@ class FramesDataset(Dataset):
         video_bytes = source.num_frames * int(np.prod(self.frame_shape))
         if (self.cache_bytes <= 0 or video_bytes > self.cache_bytes
                 or isinstance(source, FolderSource)):  # a folder: reading two files wastes nothing
-            return _fit(source.read(frame_idx), self.frame_shape)
+            return fit_frames(source.read(frame_idx), self.frame_shape)
         if self._cache is None or self._cache_pid != os.getpid():
             self._cache, self._cache_pid = _FrameCache(self.cache_bytes), os.getpid()
         frames = self._cache.get(name, frame_idx)
         if frames is None:  # streamed and resized frame by frame: memory stays within the budget
-            span = {i: _fit(f[None], self.frame_shape)[0] for i, f in source.iter_span(frame_idx)}
+            span = {i: fit_frames(f[None], self.frame_shape)[0] for i, f in source.iter_span(frame_idx)}
             self._cache.put(name, source.num_frames, span)
             frames = np.stack([span[i] for i in frame_idx])
         return frames
 
     def __len__(self) -> int:
         return len(self.videos)
+
+    def stream(self, idx: int) -> Tuple[str, float, Iterator[np.ndarray]]:
+        """(name, fps, frames) of video `idx` without sampling: its uint8 (H, W, 3) frames at
+        frame_shape, decoded one at a time (memory flat in video length); for evaluation."""
+        if self._by_id is not None:
+            raise DatasetError('dataset_params.id_sampling: a training set sampled by id has no fixed videos')
+        name = self.videos[idx]
+        source = self.sources[name]
+        h, w = self.frame_shape[:2]
+
+        def frames():
+            try:
+                for frame in source:
+                    yield resize(frame, h, w)
+            except MediaError as e:
+                raise DatasetError(str(e)) from None
+        return name, float(source.info.fps or 25.0), frames()
 
     def __getitem__(self, idx: int) -> dict:
         rng = self.rng
@@ -353,10 +362,10 @@ class FramesDataset(Dataset):
                 frame_idx = np.sort(rng.choice(source.num_frames, replace=True, size=2))
                 frames = self._read_pair(name, source, frame_idx)  # uint8 (2, H, W, 3)
             else:
-                frames = _fit(source.read_all(), self.frame_shape)  # uint8 (T, H, W, 3), streamed
+                frames = fit_frames(source.read_all(), self.frame_shape)  # uint8 (T, H, W, 3), streamed
         except MediaError as e:
             raise DatasetError(str(e)) from None
-        video = _to_float(frames)  # (N, H, W, 3)
+        video = frames_to_float(frames)  # (N, H, W, 3)
         out = {}
         if self.is_train:
             if self.transform is not None:

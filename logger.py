@@ -6,6 +6,7 @@ losses), `checkpoints/<epoch>-checkpoint.pth.tar` and `train-vis/<epoch>-rec.png
 """
 import colorsys
 import os
+import re
 import time
 from typing import Dict, Iterable, List, Optional
 
@@ -15,10 +16,9 @@ import torch
 import yaml
 from skimage.draw import disk
 
-from checkpoint import FORMAT_VERSION, CheckpointError, load_into, read_checkpoint, save_atomic, unwrap
-
-MODEL_KEYS = ('generator', 'kp_detector', 'discriminator')
-OPTIMIZER_KEYS = ('optimizer_generator', 'optimizer_kp_detector', 'optimizer_discriminator')
+from checkpoint import FORMAT_VERSION, load_checkpoint, save_atomic
+from outputs import clean_stale_temps
+from runtime import unwrap
 
 
 def run_dir_name(config_name: str, when: Optional[float] = None) -> str:
@@ -37,12 +37,16 @@ class Logger:
         self.visualizations_dir = os.path.join(log_dir, 'train-vis')
         for d in (self.cpk_dir, self.visualizations_dir):
             os.makedirs(d, exist_ok=True)
+        clean_stale_temps(self.cpk_dir)  # left by a run killed while saving
+        if config is not None and not os.path.exists(os.path.join(log_dir, 'config.yaml')):
+            write_config(config, os.path.join(log_dir, 'config.yaml'))
         self.log_file = open(os.path.join(log_dir, log_file_name), 'a')
         self.zfill_num = zfill_num
         self.visualizer = Visualizer(**(visualizer_params or {}))
         self.checkpoint_freq = checkpoint_freq
         self.config = config
         self.epoch = -1
+        self.saved_epoch = None  # the last epoch written as a numbered checkpoint
         self.models: Dict[str, object] = {}
         self.loss_sums: Dict[str, float] = {}
         self.loss_count = 0
@@ -113,36 +117,34 @@ class Logger:
         name = 'checkpoint.pth.tar' if emergent else '%s-checkpoint.pth.tar' % str(self.epoch).zfill(self.zfill_num)
         path = os.path.join(self.cpk_dir, name)
         save_atomic(self.checkpoint_state(), path)
+        if not emergent:
+            self.saved_epoch = self.epoch
         return path
+
+    def save_last(self) -> Optional[str]:
+        """At the end of training (all epochs, or a step/time budget): the last complete epoch as a
+        numbered checkpoint, unless log_epoch already wrote it."""
+        if self.epoch < 0 or self.saved_epoch == self.epoch:
+            return None
+        return self.save_cpk()
+
+    def save_interrupted(self, last_complete_epoch: int, models: dict) -> str:
+        """Ctrl-C / SIGTERM mid-epoch: `checkpoint.pth.tar` holding the current weights, labelled
+        with the last complete epoch (resuming repeats the interrupted one)."""
+        self.epoch, self.models = last_complete_epoch, models
+        return self.save_cpk(emergent=True)
 
     @staticmethod
     def load_cpk(checkpoint_path, generator=None, discriminator=None, kp_detector=None, optimizer_generator=None,
                  optimizer_discriminator=None, optimizer_kp_detector=None, schedulers: Optional[dict] = None,
                  verbose: bool = True):
-        """Load what is given from a checkpoint (weights_only=True); returns its epoch."""
-        checkpoint = read_checkpoint(checkpoint_path)
-        for name, module in (('generator', generator), ('kp_detector', kp_detector)):
-            if module is not None:
-                if name not in checkpoint:
-                    raise CheckpointError('%s: holds no %s' % (checkpoint_path, name))
-                load_into(unwrap(module), checkpoint[name], name, checkpoint_path)
-        if discriminator is not None:
-            if 'discriminator' in checkpoint:
-                load_into(unwrap(discriminator), checkpoint['discriminator'], 'discriminator', checkpoint_path)
-            elif verbose:
-                print('%s: no discriminator in the checkpoint; it stays randomly initialised' % checkpoint_path)
-        for name, opt in (('optimizer_generator', optimizer_generator),
-                          ('optimizer_kp_detector', optimizer_kp_detector),
-                          ('optimizer_discriminator', optimizer_discriminator)):
-            if opt is not None:
-                if name in checkpoint:
-                    opt.load_state_dict(checkpoint[name])
-                elif verbose:
-                    print('%s: no %s in the checkpoint; it starts fresh' % (checkpoint_path, name))
-        for name, sched in (schedulers or {}).items():
-            if name in checkpoint:
-                sched.load_state_dict(checkpoint[name])
-        return checkpoint.get('epoch', 0)
+        """The original's signature: load what is given (weights_only=True); returns the epoch.
+        See checkpoint.load_checkpoint."""
+        return load_checkpoint(checkpoint_path, generator=generator, kp_detector=kp_detector,
+                               discriminator=discriminator, optimizer_generator=optimizer_generator,
+                               optimizer_kp_detector=optimizer_kp_detector,
+                               optimizer_discriminator=optimizer_discriminator, schedulers=schedulers,
+                               verbose=verbose)
 
     def close(self):
         self.log_file.close()
@@ -154,6 +156,51 @@ class Logger:
 
     def __exit__(self, exc_type, exc_val, exc_tb):
         self.close()
+
+
+CHECKPOINT_NAME = re.compile(r'^(\d+)-checkpoint\.pth\.tar$')
+LOG_LINE = re.compile(r'^(\d+)\)')
+
+
+def run_folder_of(checkpoint_path: str) -> Optional[str]:
+    """The run folder a checkpoint sits in (<run>/checkpoints/<file> with <run>/config.yaml), or None."""
+    folder = os.path.dirname(os.path.abspath(checkpoint_path))
+    run = os.path.dirname(folder)
+    if os.path.basename(folder) == 'checkpoints' and os.path.isfile(os.path.join(run, 'config.yaml')):
+        return run
+    return None
+
+
+def checkpoint_epoch(checkpoint_path: str) -> int:
+    """A checkpoint's epoch: from a numbered name, else read from the file (memory-mapped)."""
+    match = CHECKPOINT_NAME.match(os.path.basename(checkpoint_path))
+    if match:
+        return int(match.group(1))
+    try:
+        state = torch.load(checkpoint_path, map_location='cpu', weights_only=True, mmap=True)
+    except RuntimeError:  # the legacy format cannot be memory-mapped
+        state = torch.load(checkpoint_path, map_location='cpu', weights_only=True)
+    return int(state.get('epoch', 0)) if isinstance(state, dict) else 0
+
+
+def resume_conflict(checkpoint_path: str) -> Optional[str]:
+    """Why resuming from `checkpoint_path` inside its own run folder would rewrite that run's
+    history (a later numbered checkpoint, or log.txt lines of later epochs), or None."""
+    run = run_folder_of(checkpoint_path)
+    if run is None:
+        return None
+    epoch = checkpoint_epoch(checkpoint_path)
+    later = sorted(int(m.group(1)) for m in map(CHECKPOINT_NAME.match, os.listdir(os.path.join(run, 'checkpoints')))
+                   if m and int(m.group(1)) > epoch)
+    if later:
+        return 'the run %s holds a later checkpoint (epoch %d)' % (run, later[-1])
+    log = os.path.join(run, 'log.txt')
+    if os.path.isfile(log):
+        with open(log) as f:
+            logged = [int(m.group(1)) for m in map(LOG_LINE.match, f) if m]
+        if logged and max(logged) > epoch:
+            return 'the log of %s goes on to epoch %d' % (run, max(logged))
+    return None
 
 
 def write_config(config: dict, path: str) -> None:
@@ -205,21 +252,31 @@ class Visualizer:
         return np.concatenate(out, axis=1)
 
     def visualize(self, driving, source, out) -> np.ndarray:
-        """uint8 grid: source+kp, driving+kp, deformed, occlusion map, prediction (one row per item)."""
+        """uint8 grid, one row per batch item: source + its keypoints, driving + its keypoints,
+        deformed source, occlusion map, then the prediction with the keypoints it was made from
+        (`kp_norm`, when animating) and without. Tensors (B, C, H, W); a source of batch 1 is
+        shown on every row; a driving frame of another size is resized to the source's."""
         def np_img(t):
             return np.transpose(t.detach().float().cpu().numpy(), [0, 2, 3, 1])
 
-        images = []
-        src = np_img(source)
-        images.append((src, out['kp_source']['value'].detach().float().cpu().numpy()))
-        drv = np_img(driving)
-        images.append((drv, out['kp_driving']['value'].detach().float().cpu().numpy()))
+        def kp(name):
+            return out[name]['value'].detach().float().cpu().numpy()
+
+        size = source.shape[2:]
+        batch = out['prediction'].shape[0]
+        if driving.shape[2:] != size:
+            driving = torch.nn.functional.interpolate(driving.float(), size=size, mode='bilinear',
+                                                      align_corners=False)
+        images = [(np_img(source.expand(batch, -1, -1, -1)), np.broadcast_to(kp('kp_source'), (batch,) + kp('kp_source').shape[1:])),
+                  (np_img(driving), kp('kp_driving'))]
         if 'deformed' in out:
             images.append(np_img(out['deformed']))
         if 'occlusion_map' in out:
-            occ = out['occlusion_map'].detach().float()
-            occ = torch.nn.functional.interpolate(occ, size=source.shape[2:]).cpu().repeat(1, 3, 1, 1)
-            images.append(np_img(occ))
-        images.append(np_img(out['prediction']))
+            occ = torch.nn.functional.interpolate(out['occlusion_map'].detach().float(), size=size)
+            images.append(np_img(occ.repeat(1, 3, 1, 1)))
+        prediction = np_img(out['prediction'])
+        if 'kp_norm' in out:
+            images.append((prediction, kp('kp_norm')))
+        images.append(prediction)
         image = self.create_image_grid(*images)
         return (255 * np.clip(image, 0, 1)).astype(np.uint8)

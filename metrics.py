@@ -16,17 +16,16 @@ from typing import Callable, Dict, Iterable, List, Optional
 
 import numpy as np
 
+from images import to_float
+from outputs import MARK, temp_path
+
 PSNR_CAP_DB = 100.0
 FIELDS = ('l1', 'psnr', 'ssim')
 
 
-def _float(frame: np.ndarray) -> np.ndarray:
-    a = np.asarray(frame)
-    if a.dtype == np.uint8:
-        return a.astype(np.float64) / 255.0
-    if a.dtype == np.uint16:
-        return a.astype(np.float64) / 65535.0
-    return a.astype(np.float64)
+def _as_float64(frame) -> np.ndarray:
+    """The [0, 1] scale of images.to_float, in float64 for the sums."""
+    return to_float(frame, 'frame').astype(np.float64)
 
 
 def _check(a: np.ndarray, b: np.ndarray) -> None:
@@ -36,14 +35,14 @@ def _check(a: np.ndarray, b: np.ndarray) -> None:
 
 def l1(prediction: np.ndarray, target: np.ndarray) -> float:
     """Mean absolute difference on the [0, 1] scale."""
-    a, b = _float(prediction), _float(target)
+    a, b = _as_float64(prediction), _as_float64(target)
     _check(a, b)
     return float(np.mean(np.abs(a - b)))
 
 
 def psnr(prediction: np.ndarray, target: np.ndarray, data_range: float = 1.0) -> float:
     """10 log10(range^2 / MSE) in dB; `inf` for identical frames."""
-    a, b = _float(prediction), _float(target)
+    a, b = _as_float64(prediction), _as_float64(target)
     _check(a, b)
     mse = float(np.mean((a - b) ** 2))
     if mse == 0.0:
@@ -55,7 +54,7 @@ def ssim(prediction: np.ndarray, target: np.ndarray) -> float:
     """Structural similarity (skimage, Gaussian-free 7x7 windows), colour channels averaged."""
     from skimage.metrics import structural_similarity
 
-    a, b = _float(prediction), _float(target)
+    a, b = _as_float64(prediction), _as_float64(target)
     _check(a, b)
     if a.ndim == 2:
         return float(structural_similarity(a, b, data_range=1.0))
@@ -150,18 +149,18 @@ def write_report(folder: str, per_video: List[Dict[str, object]], stem: str = 'm
     `<folder>/<stem>.csv` (one row per video, then a 'mean' row). Returns the two paths."""
     os.makedirs(folder, exist_ok=True)
     mean = summarize(per_video)
-    report = {'videos': per_video, 'mean': mean, 'psnr_cap_db': PSNR_CAP_DB,
+    report = {'written_by': MARK, 'videos': per_video, 'mean': mean, 'psnr_cap_db': PSNR_CAP_DB,
               'notes': 'l1: mean |prediction - real| on [0, 1]; psnr in dB with each frame capped at '
                        'psnr_cap_db (identical frames); ssim: skimage, data_range 1; null: not available'}
     report.update(extra or {})
     json_path = os.path.join(folder, stem + '.json')
     csv_path = os.path.join(folder, stem + '.csv')
-    tmp = json_path + '.tmp'
+    tmp = temp_path(json_path)
     with open(tmp, 'w') as f:
         json.dump(_json_safe(report), f, indent=2, allow_nan=False)
     os.replace(tmp, json_path)
     columns = ['name', 'frames'] + [k for k in (per_video[0] if per_video else {}) if k not in ('name', 'frames')]
-    tmp = csv_path + '.tmp'
+    tmp = temp_path(csv_path)
     with open(tmp, 'w', newline='') as f:
         writer = csv.writer(f)
         writer.writerow(columns)

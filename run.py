@@ -5,11 +5,14 @@
     python run.py --config ... --mode reconstruction --checkpoint CKPT
     python run.py --config ... --mode animate --checkpoint CKPT
     torchrun --nproc_per_node 4 run.py --config ...                  # several GPUs (DDP)
+
+Resuming continues in the checkpoint's own run folder when it is that run's newest state;
+resuming from an older checkpoint of a run that went further needs --fork (a new run folder),
+so no later checkpoint or log line is ever rewritten.
 """
 import argparse
 import os
 import sys
-import time
 
 MODES = ('train', 'reconstruction', 'animate')
 
@@ -21,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--log_dir', default='log', help='parent folder of run folders <config-name>_<timestamp>')
     p.add_argument('--checkpoint', default=None,
                    help='checkpoint to resume training from, or to run reconstruction/animate with')
+    p.add_argument('--fork', action='store_true',
+                   help='train: resume from a checkpoint that is not the newest of its run, in a new run folder')
     p.add_argument('--device', default=None, help='cpu, cuda or cuda:N; default: cuda when available, else cpu')
     p.add_argument('--device_ids', default=None,
                    help='legacy: comma-separated GPU ids, e.g. 0,1; several ids start one DDP process per GPU '
@@ -31,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--seed', type=int, default=0, help='random seed (per process: seed + rank)')
     p.add_argument('--num_workers', type=int, default=None,
                    help='DataLoader workers; default: train_params.num_workers, else chosen from the machine')
-    p.add_argument('--sync_bn', action='store_true', help='synchronise BatchNorm statistics across DDP processes')
+    p.add_argument('--sync_bn', action='store_true',
+                   help='synchronise BatchNorm statistics across DDP processes (CUDA only)')
     p.add_argument('--vgg_weights', default=None,
                    help="override train_params.vgg_weights: 'imagenet', 'seeded' (fixed random weights) or a path")
     p.add_argument('--max_steps', type=int, default=None, help='train: stop after this many steps in total')
@@ -42,130 +48,150 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_dir_for(args, config_path: str) -> str:
-    """Resuming from <run>/checkpoints/X keeps writing into <run>; otherwise a new timestamped run."""
-    from config import config_name
-    from logger import run_dir_name
-    if args.checkpoint is not None:
-        folder = os.path.dirname(os.path.abspath(args.checkpoint))
-        if os.path.basename(folder) == 'checkpoints' and os.path.isfile(
-                os.path.join(os.path.dirname(folder), 'config.yaml')):
-            return os.path.dirname(folder)
-    return os.path.join(args.log_dir, run_dir_name(config_name(config_path)))
-
-
-def relaunch_with_torchrun(args, argv) -> None:
-    """--device_ids 0,1: start one process per id with torchrun (this process becomes the launcher)."""
-    ids = [i.strip() for i in args.device_ids.split(',') if i.strip()]
+def torchrun_command(device_ids: str, argv) -> tuple:
+    """--device_ids 0,1: (command, environment) that starts one process per id with torchrun, the
+    other arguments passed on unchanged."""
+    ids = [i.strip() for i in device_ids.split(',') if i.strip()]
     rest, skip = [], False
     for a in argv:
-        if skip:
-            skip = False
+        if skip or a == '--device_ids':
+            skip = not skip
             continue
-        if a == '--device_ids':
-            skip = True
-            continue
-        if a.startswith('--device_ids='):
-            continue
-        rest.append(a)
+        if not a.startswith('--device_ids='):
+            rest.append(a)
     env = dict(os.environ, CUDA_VISIBLE_DEVICES=','.join(ids))
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(len(ids)),
-           os.path.abspath(__file__)] + rest
-    os.execvpe(cmd[0], cmd, env)
+    return [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(len(ids)),
+            os.path.abspath(__file__)] + rest, env
+
+
+def check_args(args) -> None:
+    """Flags that need no config: one line naming the flag."""
+    if args.checkpoint is not None and not os.path.isfile(args.checkpoint):
+        raise FileNotFoundError('--checkpoint: file not found: %s' % args.checkpoint)
+    if args.mode != 'train' and args.checkpoint is None:
+        raise ValueError('--checkpoint: --mode %s needs a trained checkpoint' % args.mode)
+    for flag in ('max_steps', 'batch_size', 'num_workers'):
+        value = getattr(args, flag)
+        if value is not None and value < (0 if flag == 'num_workers' else 1):
+            raise ValueError('--%s: must be >= %d, got %d' % (flag, 0 if flag == 'num_workers' else 1, value))
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        raise ValueError('--max_minutes: must be > 0, got %g' % args.max_minutes)
+
+
+def run_dir_for(args, config_path: str) -> str:
+    """Training from scratch, evaluating, or --fork: a new timestamped run folder; resuming from a
+    run's newest checkpoint: that run's folder (an older one without --fork is refused)."""
+    from config import config_name
+    from logger import resume_conflict, run_dir_name, run_folder_of
+
+    fresh = os.path.join(args.log_dir, run_dir_name(config_name(config_path)))
+    if args.checkpoint is None or run_folder_of(args.checkpoint) is None:
+        return fresh
+    if args.mode != 'train':
+        return run_folder_of(args.checkpoint)
+    conflict = resume_conflict(args.checkpoint)
+    if conflict and not args.fork:
+        raise ValueError('--checkpoint: %s is not the newest state of its run (%s); resuming there would rewrite '
+                         'later checkpoints and log lines: add --fork to continue from it in a new run folder'
+                         % (args.checkpoint, conflict))
+    if conflict:
+        print('--fork: resuming from %s in a new run folder %s' % (args.checkpoint, fresh), file=sys.stderr)
+        return fresh
+    return run_folder_of(args.checkpoint)
+
+
+def setup_device(args, is_ddp: bool, local_rank: int):
+    """The torch device; under torchrun also the process group (nccl on GPU, gloo on CPU)."""
+    import torch
+    import torch.distributed as dist
+
+    from runtime import resolve_device
+    if not is_ddp:
+        return resolve_device(args.device)
+    if torch.cuda.is_available() and (args.device is None or args.device.startswith('cuda')):
+        torch.cuda.set_device(local_rank)
+        device = torch.device('cuda', local_rank)
+    else:
+        device = torch.device('cpu')
+    if args.sync_bn and device.type != 'cuda':
+        raise ValueError('--sync_bn: synchronised BatchNorm needs CUDA devices (these processes run on the CPU); '
+                         'drop --sync_bn')
+    dist.init_process_group(backend='nccl' if device.type == 'cuda' else 'gloo')
+    return device
+
+
+def execute(args, config, device, precision: str, rank: int) -> str:
+    """Build networks and data, pick the run folder, run the mode; returns the run folder."""
+    import numpy as np
+    import torch
+
+    from frames_dataset import FramesDataset, PairedDataset
+    from modules.model import build_networks
+
+    torch.manual_seed(args.seed + rank)
+    np.random.seed((args.seed + rank) % 2 ** 32)
+    cfg = config.to_dict()
+    generator, kp_detector, discriminator = build_networks(cfg['model_params'], discriminator=args.mode == 'train')
+    dataset = FramesDataset(is_train=args.mode == 'train', random_seed=args.seed, **cfg['dataset_params'])
+    log_dir = run_dir_for(args, args.config)
+    if args.verbose and rank == 0:
+        print('run folder: %s; device %s; precision %s' % (log_dir, device, precision))
+    options = dict(device=device, precision=precision, batch_size=args.batch_size)
+    if args.mode == 'train':
+        from train import train
+        train(config, generator, discriminator, kp_detector, args.checkpoint, log_dir, dataset, device,
+              precision=precision, num_workers=args.num_workers, sync_bn=args.sync_bn, verbose=args.verbose,
+              max_steps=args.max_steps, max_minutes=args.max_minutes)
+    elif args.mode == 'reconstruction':
+        from reconstruction import reconstruction
+        reconstruction(config, generator, kp_detector, args.checkpoint, log_dir, dataset, **options)
+    else:
+        from animate import animate
+        pairs = PairedDataset(initial_dataset=dataset, number_of_pairs=config.animate_params.num_pairs, seed=args.seed)
+        animate(config, generator, kp_detector, args.checkpoint, log_dir, pairs, visualize=args.visualize, **options)
+    return log_dir
+
+
+def user_errors() -> tuple:
+    """The exceptions that are the user's mistakes: one line, exit 1."""
+    from checkpoint import CheckpointError
+    from config import ConfigError
+    from frames_dataset import DatasetError
+    from images import MediaError
+    from modules.model import VGGWeightsError
+    from outputs import OutputError
+    from train import TrainingStopped
+    return (ConfigError, DatasetError, CheckpointError, VGGWeightsError, TrainingStopped, MediaError, OutputError,
+            ValueError, FileNotFoundError, PermissionError)
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-
-    import torch
     import torch.distributed as dist
 
-    from checkpoint import CheckpointError
-    from config import ConfigError, load_config
-    from frames_dataset import DatasetError
-    from logger import write_config
-    from modules.model import VGGWeightsError, build_networks
-    from runtime import resolve_device, resolve_precision
-    from train import TrainingStopped, ddp_info
-    user_errors = (ConfigError, DatasetError, CheckpointError, VGGWeightsError, TrainingStopped, ValueError,
-                   FileNotFoundError, PermissionError)
-    try:
-        from video_io import MediaError
-        user_errors += (MediaError,)
-    except ImportError:
-        pass
-
-    is_ddp, rank, local_rank, world = ddp_info()
+    from config import load_config
+    from runtime import ddp_info, resolve_precision
+    is_ddp, rank, local_rank, _ = ddp_info()
+    errors = user_errors()
     try:
         if args.device_ids and not is_ddp:
             ids = [i for i in args.device_ids.split(',') if i.strip()]
             if len(ids) > 1:
-                relaunch_with_torchrun(args, argv)
-            if args.device is None:
-                args.device = 'cuda:%s' % ids[0].strip()
-        if args.checkpoint is not None and not os.path.isfile(args.checkpoint):
-            raise FileNotFoundError('--checkpoint: file not found: %s' % args.checkpoint)
-        if args.mode != 'train' and args.checkpoint is None:
-            raise ValueError('--checkpoint: --mode %s needs a trained checkpoint' % args.mode)
-        config = load_config(args.config)
+                command, env = torchrun_command(args.device_ids, argv)
+                os.execvpe(command[0], command, env)  # this process becomes the launcher
+            args.device = args.device or 'cuda:%s' % ids[0].strip()
+        check_args(args)
+        config = load_config(args.config, mode=args.mode)
         if args.vgg_weights is not None:
             config.train_params.vgg_weights = args.vgg_weights
-        if is_ddp:
-            if torch.cuda.is_available() and (args.device is None or args.device.startswith('cuda')):
-                torch.cuda.set_device(local_rank)
-                device = torch.device('cuda', local_rank)
-            else:
-                device = torch.device('cpu')
-            dist.init_process_group(backend='nccl' if device.type == 'cuda' else 'gloo')
-        else:
-            device = resolve_device(args.device)
-        if args.mode == 'train':
-            # autocast training on CPU only when asked: 'auto' trains in fp32 there
-            precision = args.precision
-            if precision == 'auto':
-                precision = resolve_precision('auto', device) if device.type == 'cuda' else 'fp32'
-            else:
-                precision = resolve_precision(precision, device)
-        else:
-            precision = resolve_precision(args.precision, device)
-
-        torch.manual_seed(args.seed + rank)
-        import numpy as np
-        np.random.seed((args.seed + rank) % 2 ** 32)
-
-        cfg = config.to_dict()
-        generator, kp_detector, discriminator = build_networks(cfg['model_params'])
-        from frames_dataset import FramesDataset, PairedDataset
-        dataset = FramesDataset(is_train=args.mode == 'train', random_seed=args.seed, **cfg['dataset_params'])
-        if args.mode == 'animate':
-            dataset = PairedDataset(initial_dataset=dataset, number_of_pairs=config.animate_params.num_pairs,
-                                    seed=args.seed)
-        log_dir = run_dir_for(args, args.config)
-        if rank == 0:
-            os.makedirs(log_dir, exist_ok=True)
-            if not os.path.exists(os.path.join(log_dir, 'config.yaml')):
-                write_config(cfg, os.path.join(log_dir, 'config.yaml'))
-        if args.verbose and rank == 0:
-            print('run folder: %s; device %s; precision %s' % (log_dir, device, precision))
-
-        if args.mode == 'train':
-            from train import train
-            train(config, generator, discriminator, kp_detector, args.checkpoint, log_dir, dataset, device,
-                  precision=precision, num_workers=args.num_workers, sync_bn=args.sync_bn,
-                  verbose=args.verbose, max_steps=args.max_steps, max_minutes=args.max_minutes)
-        elif args.mode == 'reconstruction':
-            from reconstruction import reconstruction
-            reconstruction(config, generator, kp_detector, args.checkpoint, log_dir, dataset, device=device,
-                           precision=precision, batch_size=args.batch_size)
-        else:
-            from animate import animate
-            animate(config, generator, kp_detector, args.checkpoint, log_dir, dataset, device=device,
-                    precision=precision, batch_size=args.batch_size, visualize=args.visualize)
+        device = setup_device(args, is_ddp, local_rank)
+        precision = resolve_precision(args.precision, device, training=args.mode == 'train')
+        log_dir = execute(args, config, device, precision, rank)
         if rank == 0:
             print(log_dir)
         return 0
-    except user_errors as exc:
+    except errors as exc:
         lines = [l for l in str(exc).strip().splitlines() if l.strip()]
         # an error raised in a DataLoader worker comes back with the worker's traceback: keep its last line
         msg = (lines[-1] if lines[0].startswith('Caught ') else lines[0]) if lines else type(exc).__name__

@@ -1,4 +1,5 @@
-"""Device and precision choices shared by training and inference."""
+"""Device, precision and process facts shared by training and inference: which device, which
+autocast precision, how many CPUs, which DDP rank, the bare module under a DDP wrapper."""
 import contextlib
 import os
 from typing import Optional
@@ -35,8 +36,9 @@ def cpu_has_native_bf16() -> bool:
     return 'avx512_bf16' in flags or 'amx_bf16' in flags
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' -> bf16 on CUDA with bf16 support or a CPU with native bf16, else fp32."""
+def resolve_precision(precision: str, device: torch.device, training: bool = False) -> str:
+    """'auto' -> bf16 on CUDA with bf16 support (else fp16), bf16 on a CPU with native bf16 for
+    inference, fp32 elsewhere; training on CPU defaults to fp32 (bf16 autocast there was slower)."""
     if precision not in PRECISIONS:
         raise ValueError('--precision: %r is not one of %s' % (precision, ', '.join(PRECISIONS)))
     if precision != 'auto':
@@ -45,7 +47,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return precision
     if device.type == 'cuda':
         return 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'
-    if device.type == 'cpu' and cpu_has_native_bf16():
+    if device.type == 'cpu' and cpu_has_native_bf16() and not training:
         return 'bf16'
     return 'fp32'
 
@@ -57,8 +59,26 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
 
 
-def default_num_threads() -> int:
+def cpu_count() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
     try:
         return len(os.sched_getaffinity(0))
-    except AttributeError:
+    except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def ddp_info():
+    """(is_ddp, rank, local_rank, world_size) from torchrun's environment."""
+    if int(os.environ.get('RANK', -1)) == -1:
+        return False, 0, 0, 1
+    return True, int(os.environ['RANK']), int(os.environ.get('LOCAL_RANK', 0)), int(os.environ['WORLD_SIZE'])
+
+
+def unwrap(module: Optional[torch.nn.Module]) -> Optional[torch.nn.Module]:
+    """The bare module under DDP / DataParallel / torch.compile wrappers."""
+    while module is not None:
+        inner = getattr(module, 'module', None) or getattr(module, '_orig_mod', None)
+        if not isinstance(inner, torch.nn.Module):
+            return module
+        module = inner
+    return module

@@ -12,32 +12,27 @@ Resume restores epoch, models, optimizers and schedulers. SIGINT/SIGTERM save a 
 stop cleanly; a non-finite loss stops training and keeps the last good checkpoint.
 """
 import math
-import os
 import signal
+import time
 from collections import Counter
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 from torch.optim.lr_scheduler import MultiStepLR
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from checkpoint import load_checkpoint
 from frames_dataset import DatasetRepeater, default_num_workers, worker_init_fn
 from logger import Logger
 from modules.model import DiscriminatorFullModel, GeneratorFullModel
-from runtime import autocast
+from runtime import autocast, ddp_info
+
+ADAM_BETAS = (0.5, 0.999)
 
 
 class TrainingStopped(RuntimeError):
     """Training could not go on (non-finite loss); the message says why and what was kept."""
-
-
-def ddp_info():
-    """(is_ddp, rank, local_rank, world_size) from torchrun's environment."""
-    if int(os.environ.get('RANK', -1)) == -1:
-        return False, 0, 0, 1
-    return True, int(os.environ['RANK']), int(os.environ.get('LOCAL_RANK', 0)), int(os.environ['WORLD_SIZE'])
 
 
 class _StopFlag:
@@ -65,149 +60,41 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
-def train(config, generator, discriminator, kp_detector, checkpoint: Optional[str], log_dir: str, dataset,
-          device: torch.device, precision: str = 'fp32', num_workers: Optional[int] = None, sync_bn: bool = False,
-          log_freq: int = 10, verbose: bool = False, max_steps: Optional[int] = None,
-          max_minutes: Optional[float] = None):
-    """Train on `dataset` (a FramesDataset in training mode); `config` is a config.Config.
+class _Budget:
+    """--max_steps / --max_minutes: training stops after that many steps / minutes in total."""
 
-    `max_steps` / `max_minutes` stop after that many steps / minutes of training in total (a budget
-    for smoke tests and the learning check), saving a checkpoint as at the end of an epoch.
-    """
-    import time
-    deadline = time.time() + 60 * max_minutes if max_minutes else None
+    def __init__(self, max_steps: Optional[int], max_minutes: Optional[float]):
+        self.max_steps = max_steps
+        self.deadline = time.time() + 60 * max_minutes if max_minutes else None
+        self.steps = 0
 
-    def budget_spent():
-        return bool((max_steps and step >= max_steps) or (deadline and time.time() >= deadline))
+    def spent(self) -> bool:
+        return bool((self.max_steps and self.steps >= self.max_steps) or (self.deadline and time.time() >= self.deadline))
 
-    tp = config.train_params
-    train_params = config.to_dict()['train_params']
-    is_ddp, rank, local_rank, world = ddp_info()
-    master = rank == 0
 
-    generator.to(device), discriminator.to(device), kp_detector.to(device)
-    optimizer_generator = torch.optim.Adam(generator.parameters(), lr=tp.lr_generator, betas=(0.5, 0.999))
-    optimizer_discriminator = torch.optim.Adam(discriminator.parameters(), lr=tp.lr_discriminator, betas=(0.5, 0.999))
-    optimizer_kp_detector = torch.optim.Adam(kp_detector.parameters(), lr=tp.lr_kp_detector, betas=(0.5, 0.999))
-    schedulers = {
-        'scheduler_generator': MultiStepLR(optimizer_generator, tp.epoch_milestones, gamma=0.1),
-        'scheduler_discriminator': MultiStepLR(optimizer_discriminator, tp.epoch_milestones, gamma=0.1),
-        'scheduler_kp_detector': MultiStepLR(optimizer_kp_detector, tp.epoch_milestones, gamma=0.1),
+def make_optimizers(generator, discriminator, kp_detector, tp):
+    """Adam per network and a MultiStepLR per optimizer, keyed as in checkpoints."""
+    optimizers = {
+        'optimizer_generator': torch.optim.Adam(generator.parameters(), lr=tp.lr_generator, betas=ADAM_BETAS),
+        'optimizer_discriminator': torch.optim.Adam(discriminator.parameters(), lr=tp.lr_discriminator,
+                                                    betas=ADAM_BETAS),
+        'optimizer_kp_detector': torch.optim.Adam(kp_detector.parameters(), lr=tp.lr_kp_detector, betas=ADAM_BETAS),
     }
+    schedulers = {name.replace('optimizer', 'scheduler'): MultiStepLR(opt, tp.epoch_milestones, gamma=0.1)
+                  for name, opt in optimizers.items()}
+    return optimizers, schedulers
 
-    start_epoch = 0
-    if checkpoint is not None:
-        config_lrs = {name: sched.base_lrs[0] for name, sched in schedulers.items()}  # the config's rates
-        last = Logger.load_cpk(checkpoint, generator, discriminator, kp_detector, optimizer_generator,
-                               optimizer_discriminator, optimizer_kp_detector, schedulers=schedulers,
-                               verbose=master)
-        start_epoch = last + 1  # the saved epoch is complete
-        for name, sched in schedulers.items():
-            follow_config_schedule(sched, config_lrs[name], tp.epoch_milestones, start_epoch)
 
-    if sync_bn and is_ddp:
-        generator = torch.nn.SyncBatchNorm.convert_sync_batchnorm(generator)
-        kp_detector = torch.nn.SyncBatchNorm.convert_sync_batchnorm(kp_detector)
-    gan = tp.loss_weights.generator_gan != 0
-    if is_ddp:
-        ids = [local_rank] if device.type == 'cuda' else None
-        wrap = lambda m: torch.nn.parallel.DistributedDataParallel(m, device_ids=ids)  # noqa: E731
-        generator, kp_detector = wrap(generator), wrap(kp_detector)
-        if gan:
-            discriminator = wrap(discriminator)
-    generator_full = GeneratorFullModel(kp_detector, generator, discriminator, train_params).to(device)
-    discriminator_full = DiscriminatorFullModel(kp_detector, generator, discriminator, train_params).to(device)
-
-    if tp.num_repeats > 1:
-        dataset = DatasetRepeater(dataset, tp.num_repeats)
-    sampler = torch.utils.data.distributed.DistributedSampler(dataset, shuffle=True) if is_ddp else None
-    workers = num_workers if num_workers is not None else (
-        tp.num_workers if tp.num_workers is not None else default_num_workers())
-    batch_size = tp.batch_size
-    if len(dataset) // world < batch_size:
-        raise ValueError('train_params.batch_size: %d is larger than the %d samples per process of one epoch; '
-                         'lower it or raise train_params.num_repeats' % (batch_size, len(dataset) // world))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
-                        num_workers=workers, drop_last=True, worker_init_fn=worker_init_fn,
-                        pin_memory=device.type == 'cuda', persistent_workers=workers > 0)
-
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == 'fp16')
-    models = {'generator': generator, 'discriminator': discriminator, 'kp_detector': kp_detector,
-              'optimizer_generator': optimizer_generator, 'optimizer_discriminator': optimizer_discriminator,
-              'optimizer_kp_detector': optimizer_kp_detector, **schedulers}
-    logger = Logger(log_dir, checkpoint_freq=tp.checkpoint_freq, visualizer_params=config.to_dict()['visualizer_params'],
-                    config=config.to_dict(), tensorboard=master) if master else None
-    step = 0
-    stopped_early = False
-    try:
-        with _StopFlag() as stop:
-            for epoch in range(start_epoch, tp.num_epochs):
-                if sampler is not None:
-                    sampler.set_epoch(epoch)
-                sums, count = {}, 0
-                bar = tqdm(loader, desc='epoch %d/%d' % (epoch + 1, tp.num_epochs), disable=not master,
-                           leave=verbose, dynamic_ncols=True)
-                for x in bar:
-                    x = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in x.items()}
-                    with autocast(device, precision):
-                        losses_generator, generated = generator_full(x)
-                    loss = sum(v.mean() for v in losses_generator.values())
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer_generator)
-                    scaler.step(optimizer_kp_detector)
-                    scaler.update()
-                    optimizer_generator.zero_grad(set_to_none=True)
-                    optimizer_kp_detector.zero_grad(set_to_none=True)
-
-                    losses = {k: v.detach().mean() for k, v in losses_generator.items()}
-                    if gan:
-                        optimizer_discriminator.zero_grad(set_to_none=True)
-                        with autocast(device, precision):
-                            losses_discriminator = discriminator_full(x, generated)
-                        dloss = sum(v.mean() for v in losses_discriminator.values())
-                        scaler.scale(dloss).backward()
-                        scaler.step(optimizer_discriminator)
-                        scaler.update()
-                        optimizer_discriminator.zero_grad(set_to_none=True)
-                        losses.update({k: v.detach().mean() for k, v in losses_discriminator.items()})
-
-                    for k, v in losses.items():  # device tensors: no sync here
-                        sums[k] = sums[k] + v.float() if k in sums else v.float()
-                    count += 1
-                    step += 1
-                    spent = budget_spent()
-                    if count % log_freq == 0 or stop.requested or spent:
-                        _flush(sums, count, logger, bar, epoch)
-                        sums, count = {}, 0
-                    if stop.requested or spent:
-                        break
-                if count:
-                    _flush(sums, count, logger, bar, epoch)
-                if stop.requested:
-                    stopped_early = True
-                    if master:
-                        logger.epoch, logger.models = epoch - 1, models  # the current epoch is incomplete
-                        path = logger.save_cpk(emergent=True)
-                        tqdm.write('interrupted: saved %s (resume with --checkpoint %s)' % (path, path))
-                    break
-                for sched in schedulers.values():
-                    sched.step()
-                if master:
-                    means = logger.log_epoch(epoch, models, x, generated)
-                    if budget_spent() and (epoch + 1) % tp.checkpoint_freq != 0:
-                        logger.save_cpk()
-                    if verbose:
-                        tqdm.write('epoch %d: %s' % (epoch, ', '.join('%s %.4f' % kv for kv in means.items())))
-                if budget_spent():
-                    break
-            else:
-                # finished all epochs: make sure the last one is on disk
-                if master and logger.epoch >= 0 and (logger.epoch + 1) % tp.checkpoint_freq != 0:
-                    logger.save_cpk()
-    finally:
-        if logger is not None:
-            logger.close()
-    return {'stopped_early': stopped_early, 'steps': step}
+def resume(checkpoint: str, generator, discriminator, kp_detector, optimizers, schedulers, milestones,
+           verbose: bool) -> int:
+    """Load a checkpoint into the networks, optimizers and schedulers; returns the first epoch to
+    run (the saved epoch is complete), on the schedule of the config resumed with."""
+    config_lrs = {name: sched.base_lrs[0] for name, sched in schedulers.items()}  # the config's rates
+    last = load_checkpoint(checkpoint, generator=generator, kp_detector=kp_detector, discriminator=discriminator,
+                           schedulers=schedulers, verbose=verbose, **optimizers)
+    for name, sched in schedulers.items():
+        follow_config_schedule(sched, config_lrs[name], milestones, last + 1)
+    return last + 1
 
 
 def follow_config_schedule(sched: MultiStepLR, base_lr: float, milestones, epoch: int) -> None:
@@ -223,6 +110,130 @@ def follow_config_schedule(sched: MultiStepLR, base_lr: float, milestones, epoch
         group['initial_lr'] = base_lr
         group['lr'] = base_lr * sched.gamma ** passed
     sched._last_lr = [group['lr'] for group in sched.optimizer.param_groups]
+
+
+def make_loader(dataset, tp, world: int, is_ddp: bool, num_workers: Optional[int], device: torch.device):
+    """(DataLoader, DistributedSampler or None) over `num_repeats` passes of the dataset."""
+    if tp.num_repeats > 1:
+        dataset = DatasetRepeater(dataset, tp.num_repeats)
+    sampler = torch.utils.data.distributed.DistributedSampler(dataset, shuffle=True) if is_ddp else None
+    workers = num_workers if num_workers is not None else (
+        tp.num_workers if tp.num_workers is not None else default_num_workers())
+    if len(dataset) // world < tp.batch_size:
+        raise ValueError('train_params.batch_size: %d is larger than the %d samples per process of one epoch; '
+                         'lower it or raise train_params.num_repeats' % (tp.batch_size, len(dataset) // world))
+    loader = DataLoader(dataset, batch_size=tp.batch_size, shuffle=sampler is None, sampler=sampler,
+                        num_workers=workers, drop_last=True, worker_init_fn=worker_init_fn,
+                        pin_memory=device.type == 'cuda', persistent_workers=workers > 0)
+    return loader, sampler
+
+
+def wrap_ddp(generator, discriminator, kp_detector, gan: bool, sync_bn: bool, device: torch.device, local_rank: int):
+    """DistributedDataParallel wrappers (and SyncBatchNorm with `sync_bn`) under torchrun."""
+    if sync_bn:
+        generator = torch.nn.SyncBatchNorm.convert_sync_batchnorm(generator)
+        kp_detector = torch.nn.SyncBatchNorm.convert_sync_batchnorm(kp_detector)
+    ids = [local_rank] if device.type == 'cuda' else None
+    wrap = lambda m: torch.nn.parallel.DistributedDataParallel(m, device_ids=ids)  # noqa: E731
+    return wrap(generator), (wrap(discriminator) if gan else discriminator), wrap(kp_detector)
+
+
+def train_step(x, generator_full, discriminator_full, optimizers, scaler, device, precision, gan: bool):
+    """One optimisation step of generator + keypoint detector (and the discriminator with a GAN
+    weight); returns (losses as device tensors, the generator's outputs)."""
+    with autocast(device, precision):
+        losses_generator, generated = generator_full(x)
+    loss = sum(v.mean() for v in losses_generator.values())
+    scaler.scale(loss).backward()
+    scaler.step(optimizers['optimizer_generator'])
+    scaler.step(optimizers['optimizer_kp_detector'])
+    scaler.update()
+    optimizers['optimizer_generator'].zero_grad(set_to_none=True)
+    optimizers['optimizer_kp_detector'].zero_grad(set_to_none=True)
+    losses = {k: v.detach().mean() for k, v in losses_generator.items()}
+    if gan:
+        optimizers['optimizer_discriminator'].zero_grad(set_to_none=True)
+        with autocast(device, precision):
+            losses_discriminator = discriminator_full(x, generated)
+        scaler.scale(sum(v.mean() for v in losses_discriminator.values())).backward()
+        scaler.step(optimizers['optimizer_discriminator'])
+        scaler.update()
+        optimizers['optimizer_discriminator'].zero_grad(set_to_none=True)
+        losses.update({k: v.detach().mean() for k, v in losses_discriminator.items()})
+    return losses, generated
+
+
+def train(config, generator, discriminator, kp_detector, checkpoint: Optional[str], log_dir: str, dataset,
+          device: torch.device, precision: str = 'fp32', num_workers: Optional[int] = None, sync_bn: bool = False,
+          log_freq: int = 10, verbose: bool = False, max_steps: Optional[int] = None,
+          max_minutes: Optional[float] = None):
+    """Train on `dataset` (a FramesDataset in training mode); `config` is a config.Config.
+
+    `max_steps` / `max_minutes` stop after that many steps / minutes of training in total (a budget
+    for smoke tests and the learning check), saving a checkpoint as at the end of an epoch. The run
+    folder is created only once everything is set up (a bad checkpoint leaves none behind)."""
+    tp = config.train_params
+    is_ddp, rank, local_rank, world = ddp_info()
+    generator.to(device), discriminator.to(device), kp_detector.to(device)
+    optimizers, schedulers = make_optimizers(generator, discriminator, kp_detector, tp)
+    start_epoch = 0 if checkpoint is None else resume(checkpoint, generator, discriminator, kp_detector, optimizers,
+                                                      schedulers, tp.epoch_milestones, verbose=rank == 0)
+    gan = tp.loss_weights.generator_gan != 0
+    if is_ddp:
+        generator, discriminator, kp_detector = wrap_ddp(generator, discriminator, kp_detector, gan, sync_bn,
+                                                         device, local_rank)
+    train_params = config.to_dict()['train_params']
+    generator_full = GeneratorFullModel(kp_detector, generator, discriminator, train_params).to(device)
+    discriminator_full = DiscriminatorFullModel(kp_detector, generator, discriminator, train_params).to(device)
+    loader, sampler = make_loader(dataset, tp, world, is_ddp, num_workers, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == 'fp16')
+    models = {'generator': generator, 'discriminator': discriminator, 'kp_detector': kp_detector,
+              **optimizers, **schedulers}
+    logger = Logger(log_dir, checkpoint_freq=tp.checkpoint_freq, visualizer_params=config.to_dict()['visualizer_params'],
+                    config=config.to_dict(), tensorboard=True) if rank == 0 else None
+    budget, stopped_early = _Budget(max_steps, max_minutes), False
+    try:
+        with _StopFlag() as stop:
+            for epoch in range(start_epoch, tp.num_epochs):
+                if sampler is not None:
+                    sampler.set_epoch(epoch)
+                bar = tqdm(loader, desc='epoch %d/%d' % (epoch + 1, tp.num_epochs), disable=rank != 0,
+                           leave=verbose, dynamic_ncols=True)
+                sums, count = {}, 0
+                for x in bar:
+                    x = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in x.items()}
+                    losses, generated = train_step(x, generator_full, discriminator_full, optimizers, scaler,
+                                                   device, precision, gan)
+                    for k, v in losses.items():  # device tensors: no sync here
+                        sums[k] = sums[k] + v.float() if k in sums else v.float()
+                    count, budget.steps = count + 1, budget.steps + 1
+                    if count % log_freq == 0 or stop.requested or budget.spent():
+                        _flush(sums, count, logger, bar, epoch)
+                        sums, count = {}, 0
+                    if stop.requested or budget.spent():
+                        break
+                if count:
+                    _flush(sums, count, logger, bar, epoch)
+                if stop.requested:
+                    stopped_early = True
+                    if logger is not None:
+                        path = logger.save_interrupted(epoch - 1, models)  # the current epoch is incomplete
+                        tqdm.write('interrupted: saved %s (resume with --checkpoint %s)' % (path, path))
+                    break
+                for sched in schedulers.values():
+                    sched.step()
+                if logger is not None:
+                    means = logger.log_epoch(epoch, models, x, generated)
+                    if verbose:
+                        tqdm.write('epoch %d: %s' % (epoch, ', '.join('%s %.4f' % kv for kv in means.items())))
+                if budget.spent():
+                    break
+            if logger is not None and not stopped_early:
+                logger.save_last()  # all epochs done, or the budget spent: the last epoch is on disk
+    finally:
+        if logger is not None:
+            logger.close()
+    return {'stopped_early': stopped_early, 'steps': budget.steps}
 
 
 def _flush(sums, count, logger, bar, epoch):

@@ -34,13 +34,16 @@ from typing import Iterable, Iterator, Optional, Sequence, Union
 import cv2
 import numpy as np
 
+from images import IMAGE_EXTENSIONS, MediaError, image_size, one_line, read_image, resize, to_uint8
+from outputs import FRAMES_MARKER, MARK, commit, temp_path
+
 PathLike = Union[str, os.PathLike]
 
 FFMPEG_VIDEO_EXTENSIONS = ('.mp4', '.mov', '.avi', '.mkv', '.webm', '.m4v')
 VIDEO_EXTENSIONS = FFMPEG_VIDEO_EXTENSIONS + ('.gif',)
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 # ffmpeg muxer per output suffix (the temporary file name must not decide the format).
-_MUXERS = {'.mp4': 'mp4', '.m4v': 'mp4', '.mov': 'mov', '.mkv': 'matroska', '.avi': 'avi'}
+MUXERS = {'.mp4': 'mp4', '.m4v': 'mp4', '.mov': 'mov', '.mkv': 'matroska', '.avi': 'avi'}
+OUTPUT_FORMATS = tuple(MUXERS) + ('.gif', '.png')  # '.png': a folder of numbered PNG frames
 # Messages of a probe that mean the file cannot be trusted (truncated download, garbage bytes).
 _CORRUPT_MARKERS = ('partial file', 'corrupt', 'invalid data', 'moov atom not found', 'truncat',
                     'error opening input', 'no such file')
@@ -50,98 +53,14 @@ _NOPTS = -(2 ** 63)
 decode_stats = {'decoded': 0, 'returned': 0, 'processes': 0}
 
 
-class MediaError(ValueError):
-    """A media file that cannot be read or written; the message names the file."""
-
-
 def ffmpeg_exe() -> str:
     """Path of the ffmpeg binary bundled with imageio-ffmpeg."""
     import imageio_ffmpeg
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-def is_video_file(path: PathLike) -> bool:
-    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
-
-
 def is_image_file(path: PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
-
-
-# ----------------------------------------------------------------------------------------------
-# Images
-# ----------------------------------------------------------------------------------------------
-
-def to_rgb_uint8(image: np.ndarray, name: str = 'image') -> np.ndarray:
-    """Normalise any decoded image to uint8 (H, W, 3): gray -> RGB, alpha dropped, 16-bit -> 8-bit."""
-    a = np.asarray(image)
-    if a.ndim == 2:
-        a = a[:, :, None]
-    if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4):
-        raise MediaError('%s: unsupported image shape %s (expected H x W with 1-4 channels)'
-                         % (name, tuple(a.shape)))
-    if a.dtype == np.uint8:
-        pass
-    elif a.dtype == np.uint16:
-        a = ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)  # exact rounding of x/257
-    elif a.dtype == bool:
-        a = a.astype(np.uint8) * 255
-    elif np.issubdtype(a.dtype, np.floating):
-        a = (np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    elif np.issubdtype(a.dtype, np.integer):  # e.g. int32 from some TIFF readers: assume 16-bit range
-        a = (np.clip(a, 0, 65535).astype(np.uint32) * 255 // 65535).astype(np.uint8)
-    else:
-        raise MediaError('%s: unsupported pixel type %s' % (name, a.dtype))
-    c = a.shape[2]
-    if c in (1, 2):  # gray or gray + alpha
-        a = np.repeat(a[:, :, :1], 3, axis=2)
-    elif c == 4:
-        a = a[:, :, :3]
-    return np.ascontiguousarray(a)
-
-
-def read_image(path: PathLike) -> np.ndarray:
-    """Read one image file -> uint8 (H, W, 3) RGB. Raises MediaError naming the file."""
-    path = str(path)
-    a = None
-    if Path(path).suffix.lower() in ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp'):
-        a = cv2.imread(path, cv2.IMREAD_UNCHANGED)  # fast; keeps 16-bit and alpha
-        if a is not None and a.ndim == 3:
-            a = a[:, :, [2, 1, 0, 3][:a.shape[2]]] if a.shape[2] in (3, 4) else a
-    if a is None:  # other formats, or a file cv2 could not parse: let imageio say why
-        if not os.path.isfile(path):
-            raise MediaError('%s: image not found' % path)
-        try:
-            import imageio.v3 as iio
-            a = iio.imread(path, index=0)
-        except Exception as e:  # imageio raises many types; report one line
-            raise MediaError('%s: cannot read image (%s)' % (path, _one_line(e))) from None
-    return to_rgb_uint8(a, path)
-
-
-def image_size(path: PathLike) -> tuple:
-    """(height, width) from the file header, without decoding the pixels."""
-    from PIL import Image
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except Exception as e:
-        raise MediaError('%s: cannot read image (%s)' % (path, _one_line(e))) from None
-    return h, w
-
-
-def resize_frame(frame: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize uint8 (H, W, 3) to (height, width, 3): area averaging when shrinking, bilinear else."""
-    h, w = frame.shape[:2]
-    if (h, w) == (height, width):
-        return frame
-    interp = cv2.INTER_AREA if (height < h and width < w) else cv2.INTER_LINEAR
-    return cv2.resize(frame, (width, height), interpolation=interp)
-
-
-def _one_line(e: BaseException) -> str:
-    s = str(e).strip().splitlines()
-    return s[-1] if s else type(e).__name__
 
 
 # ----------------------------------------------------------------------------------------------
@@ -248,10 +167,6 @@ class VideoSource:
         wanted = sorted(set(self._check(indices)))
         yield from zip(wanted, self.read(wanted))
 
-    def read_span(self, indices: Sequence[int]) -> dict:
-        """iter_span as a dict {frame index: frame}."""
-        return dict(self.iter_span(indices))
-
     def __iter__(self) -> Iterator[np.ndarray]:
         for i in range(self.num_frames):
             yield self.read([i])[0]
@@ -264,7 +179,7 @@ class VideoSource:
             if n == len(out):
                 break
             if frame.shape != out.shape[1:]:
-                frame = resize_frame(frame, *out.shape[1:3])
+                frame = resize(frame, *out.shape[1:3])
             out[n] = frame
             n += 1
         if n < len(out):
@@ -357,7 +272,7 @@ class FfmpegSource(VideoSource):
         n = frames.size // (h * w * 3)
         if n < len(run):
             if n == 0 and res.returncode != 0:
-                raise MediaError('%s: cannot decode (%s)' % (self.path, _one_line(
+                raise MediaError('%s: cannot decode (%s)' % (self.path, one_line(
                     RuntimeError(res.stderr.decode('utf-8', 'replace')))))
             raise MediaError('%s: truncated or corrupt video (frame %d of %d could not be decoded)'
                              % (self.path, run[n], self.num_frames))
@@ -395,7 +310,7 @@ def _stream_raw(path: str, h: int, w: int, seek: Optional[str] = None, count: Op
             if proc.returncode != 0:
                 errf.seek(0)
                 msg = errf.read().decode('utf-8', 'replace')
-                raise MediaError('%s: decoding failed (%s)' % (path, _one_line(RuntimeError(msg))))
+                raise MediaError('%s: decoding failed (%s)' % (path, one_line(RuntimeError(msg))))
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -415,7 +330,7 @@ class GifSource(VideoSource):
                 w, h = im.size
                 duration = im.info.get('duration') or 40
         except Exception as e:
-            raise MediaError('%s: cannot read GIF (%s)' % (self.path, _one_line(e))) from None
+            raise MediaError('%s: cannot read GIF (%s)' % (self.path, one_line(e))) from None
         self.info = VideoInfo(n, 1000.0 / duration, h, w)
 
     def read(self, indices: Sequence[int]) -> np.ndarray:
@@ -426,11 +341,11 @@ class GifSource(VideoSource):
             with Image.open(self.path) as im:
                 for i in sorted(set(idx)):
                     im.seek(i)
-                    got[i] = to_rgb_uint8(np.asarray(im.convert('RGB')), self.path)
+                    got[i] = to_uint8(np.asarray(im.convert('RGB')), self.path)
         except MediaError:
             raise
         except Exception as e:
-            raise MediaError('%s: cannot read GIF frame (%s)' % (self.path, _one_line(e))) from None
+            raise MediaError('%s: cannot read GIF frame (%s)' % (self.path, one_line(e))) from None
         return np.stack([got[i] for i in idx])
 
     def iter_span(self, indices: Sequence[int]) -> Iterator[tuple]:
@@ -446,11 +361,11 @@ class GifSource(VideoSource):
             with Image.open(self.path) as im:
                 for i in range(self.num_frames):
                     im.seek(i)
-                    yield to_rgb_uint8(np.asarray(im.convert('RGB')), self.path)
+                    yield to_uint8(np.asarray(im.convert('RGB')), self.path)
         except (MediaError, GeneratorExit):
             raise
         except Exception as e:
-            raise MediaError('%s: cannot read GIF frame (%s)' % (self.path, _one_line(e))) from None
+            raise MediaError('%s: cannot read GIF frame (%s)' % (self.path, one_line(e))) from None
 
 
 class FolderSource(VideoSource):
@@ -473,7 +388,7 @@ class FolderSource(VideoSource):
 
     def _frame(self, i: int) -> np.ndarray:
         frame = read_image(os.path.join(self.path, self.files[i]))
-        return resize_frame(frame, self.info.height, self.info.width)  # odd-sized frame in a folder
+        return resize(frame, self.info.height, self.info.width)  # odd-sized frame in a folder
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for i in range(self.num_frames):
@@ -545,6 +460,20 @@ def open_video(path: PathLike, frame_shape: Optional[Sequence[int]] = None) -> V
                      'of frames)' % (p, ext, ', '.join(VIDEO_EXTENSIONS)))
 
 
+def media_stem(name: str) -> str:
+    """A video's name without a media extension: 'id#clip.mp4' -> 'id#clip', 'frames' -> 'frames'."""
+    stem, ext = os.path.splitext(os.path.basename(str(name)))
+    return stem if ext.lower() in VIDEO_EXTENSIONS + IMAGE_EXTENSIONS else os.path.basename(str(name))
+
+
+def output_suffix(fmt: str) -> str:
+    """A config's `format` ('mp4' or '.mp4') as a suffix the writer knows; errors name the key."""
+    suffix = fmt if fmt.startswith('.') else '.' + fmt
+    if suffix.lower() not in OUTPUT_FORMATS:
+        raise MediaError('format: %r is not one of %s' % (fmt, ', '.join(OUTPUT_FORMATS)))
+    return suffix.lower()
+
+
 def probe_video(path: PathLike) -> VideoInfo:
     """Frame count, fps, size and audio presence, without decoding any frame."""
     return open_video(path).info
@@ -585,7 +514,7 @@ def _as_uint8_batch(frames) -> np.ndarray:
     if a.ndim != 4:
         raise ValueError('expected frames (H, W, 3) or (N, H, W, 3), got shape %s' % (a.shape,))
     if a.dtype != np.uint8 or a.shape[-1] != 3:
-        a = np.stack([to_rgb_uint8(f) for f in a])
+        a = np.stack([to_uint8(f) for f in a])
     return a
 
 
@@ -615,13 +544,12 @@ class VideoWriter:
         fmt = (fmt or self.path.suffix or '').lower()
         if fmt and not fmt.startswith('.'):
             fmt = '.' + fmt
-        if fmt not in _MUXERS and fmt not in ('.gif', '.png'):
+        if fmt not in MUXERS and fmt not in ('.gif', '.png'):
             raise ValueError('%s: unknown video format %r (use .mp4, .mov, .mkv, .avi, .gif or .png)'
                              % (self.path, fmt))
         self.fmt, self.crf, self.preset, self.codec, self.gop = fmt, crf, preset, codec, gop
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.parent / ('.%s.partial-%d%s' % (self.path.name, os.getpid(),
-                                                              '' if fmt == '.png' else fmt))
+        self._tmp = Path(temp_path(str(self.path), '' if fmt == '.png' else fmt))
         self._proc = None
         self._errf = None
         self._gif = []
@@ -632,6 +560,7 @@ class VideoWriter:
             if self._tmp.exists():
                 shutil.rmtree(self._tmp)
             self._tmp.mkdir()
+            (self._tmp / FRAMES_MARKER).write_text(MARK + '\n')  # outputs.is_ours: ours to replace
 
     def __enter__(self) -> 'VideoWriter':
         return self
@@ -651,10 +580,10 @@ class VideoWriter:
             cmd += ['-preset', self.preset, '-crf', str(self.crf)]
         if self.gop:
             cmd += ['-g', str(int(self.gop))]  # key-frame interval: short = cheap random access
-        cmd += ['-pix_fmt', 'yuv420p']
-        if _MUXERS[self.fmt] in ('mp4', 'mov'):
+        cmd += ['-pix_fmt', 'yuv420p', '-metadata', 'comment=' + MARK]  # outputs.is_ours
+        if MUXERS[self.fmt] in ('mp4', 'mov'):
             cmd += ['-movflags', '+faststart']
-        cmd += ['-f', _MUXERS[self.fmt], str(self._tmp)]
+        cmd += ['-f', MUXERS[self.fmt], str(self._tmp)]
         self._errf = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                       stderr=self._errf)
@@ -663,7 +592,7 @@ class VideoWriter:
         if self._errf is None:
             return ''
         self._errf.seek(0)
-        return _one_line(RuntimeError(self._errf.read().decode('utf-8', 'replace')))
+        return one_line(RuntimeError(self._errf.read().decode('utf-8', 'replace')))
 
     def write(self, frames) -> None:
         """Append one frame (H, W, 3) or a batch (N, H, W, 3); uint8, or float in [0, 1]."""
@@ -672,13 +601,13 @@ class VideoWriter:
         batch = _as_uint8_batch(frames)
         if self._size is None:
             self._size = batch.shape[1:3]
-            if self.fmt in _MUXERS:
+            if self.fmt in MUXERS:
                 self._start_ffmpeg(*self._size)
         if batch.shape[1:3] != self._size:
             self.abort()
             raise ValueError('%s: frame size %s differs from the first frame %s'
                              % (self.path, tuple(batch.shape[1:3]), tuple(self._size)))
-        if self.fmt in _MUXERS:
+        if self.fmt in MUXERS:
             h, w = self._size
             if h % 2 or w % 2:
                 batch = np.pad(batch, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode='edge')
@@ -708,7 +637,7 @@ class VideoWriter:
             self.abort()
             raise ValueError('%s: no frames were written' % self.path)
         try:
-            if self.fmt in _MUXERS:
+            if self.fmt in MUXERS:
                 self._proc.stdin.close()
                 rc = self._proc.wait()
                 if rc != 0:
@@ -717,7 +646,7 @@ class VideoWriter:
                 from PIL import Image
                 images = [Image.fromarray(f) for f in self._gif]
                 images[0].save(self._tmp, format='GIF', save_all=True, append_images=images[1:],
-                               duration=max(10, int(round(1000.0 / self.fps))), loop=0)
+                               duration=max(10, int(round(1000.0 / self.fps))), loop=0, comment=MARK)
                 self._gif = []
             self._commit()
         except BaseException:
@@ -729,13 +658,7 @@ class VideoWriter:
         return self.path
 
     def _commit(self) -> None:
-        if self.fmt == '.png' and self.path.is_dir():  # replace an old frame folder safely
-            old = self.path.parent / ('.%s.old-%d' % (self.path.name, os.getpid()))
-            os.replace(self.path, old)
-            os.replace(self._tmp, self.path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self._tmp, self.path)
+        commit(str(self._tmp), str(self.path))
 
     def abort(self) -> None:
         """Stop and delete the temporary output; `path` is left as it was."""
@@ -789,26 +712,26 @@ def copy_audio(src_video: PathLike, dst_video: PathLike) -> bool:
     src, dst = Path(src_video), Path(dst_video)
     if not src.is_file():
         raise MediaError('%s: audio source not found' % src)
-    if not dst.is_file() or dst.suffix.lower() not in _MUXERS:
+    if not dst.is_file() or dst.suffix.lower() not in MUXERS:
         raise MediaError('%s: can only add audio to an existing %s file'
-                         % (dst, '/'.join(sorted(_MUXERS))))
+                         % (dst, '/'.join(sorted(MUXERS))))
     if not has_audio(src):
         return False
-    tmp = dst.parent / ('.%s.audio-%d%s' % (dst.name, os.getpid(), dst.suffix))
+    tmp = Path(temp_path(str(dst), '.audio' + dst.suffix))
     base = [ffmpeg_exe(), '-hide_banner', '-nostdin', '-loglevel', 'error', '-y', '-i', str(dst),
             '-i', str(src), '-map', '0:v:0', '-map', '1:a:0', '-c:v', 'copy']
     # cut the audio at the video's length (-shortest would drop the last video frame when the audio
     # track ends a few ms early)
     info = probe_video(dst)
     duration = info.num_frames / info.fps if info.fps else None
-    tail = (['-t', '%.6f' % duration] if duration else []) + ['-f', _MUXERS[dst.suffix.lower()], str(tmp)]
+    tail = (['-t', '%.6f' % duration] if duration else []) + ['-f', MUXERS[dst.suffix.lower()], str(tmp)]
     try:
         res = _run(base + ['-c:a', 'copy'] + tail, src)
         if res.returncode != 0:
             res = _run(base + ['-c:a', 'aac'] + tail, src)
         if res.returncode != 0:
             raise MediaError('%s: cannot copy audio from %s (%s)' % (
-                dst, src, _one_line(RuntimeError(res.stderr.decode('utf-8', 'replace')))))
+                dst, src, one_line(RuntimeError(res.stderr.decode('utf-8', 'replace')))))
         os.replace(tmp, dst)
     finally:
         if tmp.exists():

@@ -29,7 +29,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from inference import AnimationEngine, load_networks, per_frame_animation  # noqa: E402
+from baseline import per_frame_animation  # noqa: E402
+from inference import AnimationEngine, load_networks  # noqa: E402
 from runtime import cpu_has_native_bf16, resolve_device  # noqa: E402
 
 

@@ -34,7 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 from augmentation import AllAugmentationTransform  # noqa: E402
 from frames_dataset import DatasetWarning, FramesDataset  # noqa: E402
-from video_io import decode_stats, resize_frame  # noqa: E402
+from images import resize  # noqa: E402
+from video_io import decode_stats  # noqa: E402
 
 VOX_AUGMENTATION = {'flip_param': {'horizontal_flip': True, 'time_flip': True},
                     'jitter_param': {'brightness': 0.1, 'contrast': 0.1, 'saturation': 0.1, 'hue': 0.1}}
@@ -46,7 +47,7 @@ def original_sample(path: str, frame_shape: tuple, rng: np.random.Generator, tra
     from skimage import img_as_float32
     video = img_as_float32(np.array(imageio.mimread(path, memtest=False)))  # (T, h, w, 3)
     if video.shape[1:3] != tuple(frame_shape[:2]):
-        video = np.stack([resize_frame(f, *frame_shape[:2]) for f in video])
+        video = np.stack([resize(f, *frame_shape[:2]) for f in video])
     idx = np.sort(rng.choice(len(video), replace=True, size=2))
     pair = video[idx]
     if transform is not None:

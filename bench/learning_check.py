@@ -28,7 +28,8 @@ sys.path.insert(0, ROOT)
 
 from config import load_config  # noqa: E402
 from inference import AnimationEngine, to_uint8_frames  # noqa: E402
-from video_io import iter_video_frames, resize_frame  # noqa: E402
+from images import resize  # noqa: E402
+from video_io import iter_video_frames  # noqa: E402
 
 
 def to_tensor(frames):
@@ -47,7 +48,7 @@ def evaluate(config_path, checkpoint, test_dir, batch_size=16, max_frames=None, 
     h, w = engine.frame_shape
     per_video, rows = {}, []
     for path in sorted(glob.glob(os.path.join(test_dir, '*.mp4'))):
-        frames = [resize_frame(f, h, w) for f in iter_video_frames(path)][:max_frames]
+        frames = [resize(f, h, w) for f in iter_video_frames(path)][:max_frames]
         video = to_tensor(frames)  # (T, 3, H, W)
         source = video[:1]
         engine.set_source(frames[0])

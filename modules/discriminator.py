@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modules.util import kp2gaussian
+from modules.util import kp2gaussian, layer_width
 
 
 class DownBlock2d(nn.Module):
@@ -40,12 +40,13 @@ class Discriminator(nn.Module):
     """image (B, C, H, W) -> (list of feature maps, prediction map (B, 1, h, w))."""
 
     def __init__(self, num_channels=3, block_expansion=64, num_blocks=4, max_features=512,
-                 sn=False, use_kp=False, num_kp=10, kp_variance=0.01, **kwargs):
+                 sn=False, use_kp=False, num_kp=10, kp_variance=0.01, estimate_jacobian=False):
+        # estimate_jacobian is accepted (and unused) because configs pass every common_params key
         super().__init__()
         blocks = []
         for i in range(num_blocks):
-            cin = num_channels + num_kp * use_kp if i == 0 else min(max_features, block_expansion * (2 ** i))
-            blocks.append(DownBlock2d(cin, min(max_features, block_expansion * (2 ** (i + 1))),
+            cin = num_channels + num_kp * use_kp if i == 0 else layer_width(block_expansion, max_features, i)
+            blocks.append(DownBlock2d(cin, layer_width(block_expansion, max_features, i + 1),
                                       norm=(i != 0), kernel_size=4, pool=(i != num_blocks - 1), sn=sn))
         self.down_blocks = nn.ModuleList(blocks)
         self.conv = nn.Conv2d(self.down_blocks[-1].conv.out_channels, out_channels=1, kernel_size=1)
@@ -74,10 +75,15 @@ def scale_key(scale) -> str:
 class MultiScaleDiscriminator(nn.Module):
     """One discriminator per scale of an image pyramid {'prediction_<s>': image}."""
 
-    def __init__(self, scales=(), **kwargs):
+    def __init__(self, scales=(), num_channels=3, block_expansion=64, num_blocks=4, max_features=512,
+                 sn=False, use_kp=False, num_kp=10, kp_variance=0.01, estimate_jacobian=False):
         super().__init__()
         self.scales = scales
-        self.discs = nn.ModuleDict({scale_key(scale): Discriminator(**kwargs) for scale in scales})
+        self.discs = nn.ModuleDict({
+            scale_key(scale): Discriminator(num_channels=num_channels, block_expansion=block_expansion,
+                                            num_blocks=num_blocks, max_features=max_features, sn=sn, use_kp=use_kp,
+                                            num_kp=num_kp, kp_variance=kp_variance)
+            for scale in scales})
 
     def forward(self, x, kp=None):
         out_dict = {}

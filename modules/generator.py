@@ -8,11 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modules.dense_motion import DenseMotionNetwork
-from modules.util import DownBlock2d, ResBlock2d, SameBlock2d, UpBlock2d
-
-
-def _width(block_expansion, max_features, level):
-    return min(max_features, block_expansion * (2 ** level))
+from modules.util import DownBlock2d, ResBlock2d, SameBlock2d, UpBlock2d, layer_width
 
 
 def deform_input(inp: torch.Tensor, deformation: torch.Tensor) -> torch.Tensor:
@@ -41,17 +37,17 @@ class OcclusionAwareGenerator(nn.Module):
 
         self.first = SameBlock2d(num_channels, block_expansion, kernel_size=(7, 7), padding=(3, 3))
         self.down_blocks = nn.ModuleList([
-            DownBlock2d(_width(block_expansion, max_features, i), _width(block_expansion, max_features, i + 1),
+            DownBlock2d(layer_width(block_expansion, max_features, i), layer_width(block_expansion, max_features, i + 1),
                         kernel_size=(3, 3), padding=(1, 1))
             for i in range(num_down_blocks)])
         self.up_blocks = nn.ModuleList([
-            UpBlock2d(_width(block_expansion, max_features, num_down_blocks - i),
-                      _width(block_expansion, max_features, num_down_blocks - i - 1),
+            UpBlock2d(layer_width(block_expansion, max_features, num_down_blocks - i),
+                      layer_width(block_expansion, max_features, num_down_blocks - i - 1),
                       kernel_size=(3, 3), padding=(1, 1))
             for i in range(num_down_blocks)])
 
         self.bottleneck = nn.Sequential()
-        in_features = _width(block_expansion, max_features, num_down_blocks)
+        in_features = layer_width(block_expansion, max_features, num_down_blocks)
         for i in range(num_bottleneck_blocks):
             self.bottleneck.add_module('r' + str(i), ResBlock2d(in_features, kernel_size=(3, 3), padding=(1, 1)))
 
@@ -76,26 +72,31 @@ class OcclusionAwareGenerator(nn.Module):
             out = block(out)
         return torch.sigmoid(self.final(out))
 
-    def warp(self, source_image, encoded, kp_driving, kp_source):
-        """Warp encoded source features by the dense motion; returns (features, output dict)."""
+    def warp(self, source_image, encoded, kp_driving, kp_source, extras: bool = True):
+        """Eq. (8): the encoded source features warped by the dense motion and masked by the
+        occlusion map; returns (features, output dict). The inference engines call this too, with
+        the source encoded once; `extras=False` skips the outputs only losses and pictures use
+        (deformed source image, sparse motions, deformation)."""
         output_dict = {}
         out = encoded
         if self.dense_motion_network is not None:
             dense_motion = self.dense_motion_network(source_image=source_image, kp_driving=kp_driving,
                                                      kp_source=kp_source)
-            output_dict['mask'] = dense_motion['mask']
-            output_dict['sparse_deformed'] = dense_motion['sparse_deformed']
-            deformation = dense_motion['deformation']
-            output_dict['deformation'] = deformation
+            deformation = dense_motion['deformation']  # (B, h, w, 2)
             out = deform_input(out, deformation)
-            occlusion_map = dense_motion.get('occlusion_map')
+            occlusion_map = dense_motion.get('occlusion_map')  # (B, 1, h, w)
             if occlusion_map is not None:
-                output_dict['occlusion_map'] = occlusion_map
                 if out.shape[2:] != occlusion_map.shape[2:]:
                     occlusion_map = F.interpolate(occlusion_map, size=out.shape[2:], mode='bilinear',
                                                   align_corners=False)
-                out = out * occlusion_map.to(out.dtype)  # Eq. (8)
-            output_dict['deformed'] = deform_input(source_image, deformation)
+                out = out * occlusion_map.to(out.dtype)
+            if extras:
+                output_dict['mask'] = dense_motion['mask']
+                output_dict['sparse_deformed'] = dense_motion['sparse_deformed']
+                output_dict['deformation'] = deformation
+                if 'occlusion_map' in dense_motion:
+                    output_dict['occlusion_map'] = dense_motion['occlusion_map']
+                output_dict['deformed'] = deform_input(source_image, deformation)
         return out, output_dict
 
     def forward(self, source_image, kp_driving, kp_source):

@@ -15,6 +15,7 @@ from torch.autograd import grad
 
 from modules.discriminator import scale_key
 from modules.util import AntiAliasInterpolation2d, detach_kp, inverse_2x2, make_coordinate_grid, matmul_2x2
+from runtime import unwrap
 
 
 class ImagePyramide(nn.Module):
@@ -34,18 +35,14 @@ class Transform:
     theta: (B, 2, 3) affine parameters; control_points: (1, P*P, 2); control_params: (B, 1, P*P).
     """
 
-    def __init__(self, bs, **kwargs):
-        noise = torch.normal(mean=0, std=kwargs['sigma_affine'] * torch.ones([bs, 2, 3]))
+    def __init__(self, bs, sigma_affine, sigma_tps=None, points_tps=None):
+        noise = torch.normal(mean=0, std=sigma_affine * torch.ones([bs, 2, 3]))
         self.theta = noise + torch.eye(2, 3).view(1, 2, 3)
         self.bs = bs
-        if 'sigma_tps' in kwargs and 'points_tps' in kwargs:
-            self.tps = True
-            self.control_points = make_coordinate_grid((kwargs['points_tps'], kwargs['points_tps']),
-                                                       type=noise.dtype).view(1, -1, 2)
-            self.control_params = torch.normal(mean=0, std=kwargs['sigma_tps'] * torch.ones(
-                [bs, 1, kwargs['points_tps'] ** 2]))
-        else:
-            self.tps = False
+        self.tps = sigma_tps is not None and points_tps is not None  # as the original: both keys or no TPS
+        if self.tps:
+            self.control_points = make_coordinate_grid((points_tps, points_tps), type=noise.dtype).view(1, -1, 2)
+            self.control_params = torch.normal(mean=0, std=sigma_tps * torch.ones([bs, 1, points_tps ** 2]))
 
     def transform_frame(self, frame):
         """Warp frames (B, C, H, W) by the transform (reflection padding at the borders)."""
@@ -189,11 +186,6 @@ class Vgg19(nn.Module):
         return feats
 
 
-def _bare(module):
-    """The network under a DistributedDataParallel wrapper (for its attributes)."""
-    return getattr(module, 'module', module)
-
-
 class _TrainingModel(nn.Module):
     """The three networks and the training parameters both loss models hold; `scales` are the
     image-pyramid scales the model compares images at."""
@@ -205,7 +197,7 @@ class _TrainingModel(nn.Module):
         self.discriminator = discriminator
         self.train_params = train_params
         self.scales = scales
-        self.pyramid = ImagePyramide(scales, _bare(generator).num_channels)
+        self.pyramid = ImagePyramide(scales, unwrap(generator).num_channels)
         self.loss_weights = train_params['loss_weights']
 
 
@@ -214,7 +206,7 @@ class GeneratorFullModel(_TrainingModel):
 
     def __init__(self, kp_extractor, generator, discriminator, train_params):
         super().__init__(kp_extractor, generator, discriminator, train_params, train_params['scales'])
-        self.disc_scales = _bare(discriminator).scales if discriminator is not None else []
+        self.disc_scales = unwrap(discriminator).scales if discriminator is not None else []
         if sum(self.loss_weights['perceptual']) != 0:
             self.vgg = Vgg19(weights=train_params.get('vgg_weights', 'imagenet'))
             self.vgg.eval()
@@ -284,7 +276,7 @@ class DiscriminatorFullModel(_TrainingModel):
     """LSGAN discriminator loss on real driving frames vs generated ones (detached)."""
 
     def __init__(self, kp_extractor, generator, discriminator, train_params):
-        super().__init__(kp_extractor, generator, discriminator, train_params, _bare(discriminator).scales)
+        super().__init__(kp_extractor, generator, discriminator, train_params, unwrap(discriminator).scales)
 
     def forward(self, x, generated):
         pyramide_real = self.pyramid(x['driving'])
@@ -301,8 +293,9 @@ class DiscriminatorFullModel(_TrainingModel):
         return {'disc_gan': value_total}
 
 
-def build_networks(model_params: dict):
-    """(generator, kp_detector, discriminator) from the `model_params` section of a config dict."""
+def build_networks(model_params: dict, discriminator: bool = True):
+    """(generator, kp_detector, discriminator) from the `model_params` section of a config dict;
+    `discriminator=False` skips building it (inference) and returns None in its place."""
     from modules.discriminator import MultiScaleDiscriminator
     from modules.generator import OcclusionAwareGenerator
     from modules.keypoint_detector import KPDetector
@@ -310,5 +303,5 @@ def build_networks(model_params: dict):
     common = model_params['common_params']
     generator = OcclusionAwareGenerator(**model_params['generator_params'], **common)
     kp_detector = KPDetector(**model_params['kp_detector_params'], **common)
-    discriminator = MultiScaleDiscriminator(**model_params['discriminator_params'], **common)
-    return generator, kp_detector, discriminator
+    disc = MultiScaleDiscriminator(**model_params['discriminator_params'], **common) if discriminator else None
+    return generator, kp_detector, disc

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modules.keypoints import inverse_2x2, matmul_2x2  # noqa: F401  (the names the original's modules use)
 from sync_batchnorm import SynchronizedBatchNorm2d as BatchNorm2d
 
 
@@ -102,7 +103,8 @@ class SameBlock2d(nn.Module):
         return F.relu(self.norm(self.conv(x)))
 
 
-def _hourglass_width(block_expansion: int, max_features: int, level: int) -> int:
+def layer_width(block_expansion: int, max_features: int, level: int) -> int:
+    """Channels at depth `level` of every encoder/decoder here: doubling per level, capped."""
     return min(max_features, block_expansion * (2 ** level))
 
 
@@ -113,8 +115,8 @@ class Encoder(nn.Module):
         super().__init__()
         blocks = []
         for i in range(num_blocks):
-            cin = in_features if i == 0 else _hourglass_width(block_expansion, max_features, i)
-            blocks.append(DownBlock2d(cin, _hourglass_width(block_expansion, max_features, i + 1),
+            cin = in_features if i == 0 else layer_width(block_expansion, max_features, i)
+            blocks.append(DownBlock2d(cin, layer_width(block_expansion, max_features, i + 1),
                                       kernel_size=3, padding=1))
         self.down_blocks = nn.ModuleList(blocks)
 
@@ -133,8 +135,8 @@ class Decoder(nn.Module):
         blocks = []
         for i in reversed(range(num_blocks)):
             mult = 1 if i == num_blocks - 1 else 2  # every level but the deepest also gets a skip
-            cin = mult * _hourglass_width(block_expansion, max_features, i + 1)
-            blocks.append(UpBlock2d(cin, _hourglass_width(block_expansion, max_features, i), kernel_size=3, padding=1))
+            cin = mult * layer_width(block_expansion, max_features, i + 1)
+            blocks.append(UpBlock2d(cin, layer_width(block_expansion, max_features, i), kernel_size=3, padding=1))
         self.up_blocks = nn.ModuleList(blocks)
         self.out_filters = block_expansion + in_features
 
@@ -188,19 +190,3 @@ class AntiAliasInterpolation2d(nn.Module):
 
 def detach_kp(kp: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return {key: value.detach() for key, value in kp.items()}
-
-
-# 2x2 algebra written elementwise: exact enough, any device, and autocast never lowers it to bf16
-# (torch.matmul/einsum would run in bf16 under autocast; torch.inverse has no bf16 kernel).
-
-def matmul_2x2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(..., 2, 2) @ (..., 2, 2) in the promoted float dtype."""
-    return (a.unsqueeze(-1) * b.unsqueeze(-3)).sum(dim=-2)
-
-
-def inverse_2x2(m: torch.Tensor) -> torch.Tensor:
-    """Inverse of (..., 2, 2) matrices by the adjugate formula."""
-    a, b, c, d = m[..., 0, 0], m[..., 0, 1], m[..., 1, 0], m[..., 1, 1]
-    det = a * d - b * c
-    adj = torch.stack([torch.stack([d, -b], dim=-1), torch.stack([-c, a], dim=-1)], dim=-2)
-    return adj / det.unsqueeze(-1).unsqueeze(-1)

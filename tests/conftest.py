@@ -9,6 +9,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = (ROOT / '..' / 'shared').resolve()
 sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(ROOT / 'bench'))  # the per-frame baseline (bench/baseline.py) and the learning check
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

@@ -9,8 +9,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from inference import (AnimationEngine, fit_image, fuse_for_inference, load_networks,  # noqa: E402
-                       per_frame_animation, to_float_image)
+from baseline import per_frame_animation  # noqa: E402
+from images import fit as fit_image, to_float as to_float_image  # noqa: E402
+from inference import AnimationEngine, load_networks  # noqa: E402
+from modules.fused import fuse_for_inference  # noqa: E402
 
 TINY = str(ROOT / 'tests' / 'tiny.yaml')
 

@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import metrics  # noqa: E402
-from inference import load_networks, per_frame_animation  # noqa: E402
+from baseline import per_frame_animation  # noqa: E402
+from inference import load_networks  # noqa: E402
 
 TINY = str(ROOT / 'tests' / 'tiny.yaml')
 
@@ -80,14 +81,15 @@ class _EchoEngine:
 
     def stream(self, frames, relative=True):
         assert relative is False  # reconstruction uses absolute keypoints
-        batch = []
+        batch, given = [], []
         for f in frames:
+            given.append(f)
             batch.append(torch.from_numpy(f.astype(np.float32) / 255 + self.offset).permute(2, 0, 1))
             if len(batch) == 3:
-                yield {'prediction': torch.stack(batch)}
-                batch = []
+                yield {'prediction': torch.stack(batch), 'frames': given}
+                batch, given = [], []
         if batch:
-            yield {'prediction': torch.stack(batch)}
+            yield {'prediction': torch.stack(batch), 'frames': given}
 
 
 def test_reconstruct_video_pairs_each_prediction_with_its_frame():

@@ -65,16 +65,34 @@ def test_two_epochs_then_resume(tmp_path, shapes, seeded_torch_home):
     # the MultiStepLR milestone at epoch 1 lowered the learning rate
     assert ck1['optimizer_generator']['param_groups'][0]['lr'] == pytest.approx(2e-5)
 
-    # resume from epoch 0 with 3 epochs: continues at epoch 1 in the same run folder, optimizer restored
+    # resume from the newest checkpoint with 3 epochs: continues at epoch 2 in the same run folder
     cfg3 = make_config(tmp_path, shapes, num_epochs=3)
     (run_dir / 'config.yaml').write_text(Path(cfg3).read_text())
-    ckpt = str(run_dir / 'checkpoints' / '00000000-checkpoint.pth.tar')
+    ckpt = str(run_dir / 'checkpoints' / '00000001-checkpoint.pth.tar')
     assert run_main(['--config', cfg3, '--checkpoint', ckpt, '--num_workers', '0']) == 0
     lines = (run_dir / 'log.txt').read_text().splitlines()
-    assert [l.split(')')[0] for l in lines] == ['00000000', '00000001', '00000001', '00000002']
+    assert [l.split(')')[0] for l in lines] == ['00000000', '00000001', '00000002']
     ck2 = read_checkpoint(str(run_dir / 'checkpoints' / '00000002-checkpoint.pth.tar'))
+    assert step_of(ck2) == 3 * steps_per_epoch  # Adam's step count carried over
+    assert ck2['scheduler_generator']['last_epoch'] == 3
+
+    # an older checkpoint of a run that went further: refused (later checkpoints and log lines stay),
+    # and with --fork it continues at epoch 1 in a new run folder, optimizer restored
+    before = {p.name: p.read_bytes() for p in (run_dir / 'checkpoints').iterdir()}
+    log_before = (run_dir / 'log.txt').read_text()
+    old = str(run_dir / 'checkpoints' / '00000000-checkpoint.pth.tar')
+    assert run_main(['--config', cfg3, '--checkpoint', old, '--num_workers', '0']) == 1
+    assert {p.name: p.read_bytes() for p in (run_dir / 'checkpoints').iterdir()} == before
+    assert (run_dir / 'log.txt').read_text() == log_before
+    fork_log = tmp_path / 'forks'
+    assert run_main(['--config', cfg3, '--checkpoint', old, '--fork', '--log_dir', str(fork_log),
+                     '--num_workers', '0']) == 0
+    fork = only_run_dir(fork_log)
+    assert [l.split(')')[0] for l in (fork / 'log.txt').read_text().splitlines()] == ['00000001', '00000002']
+    ck2 = read_checkpoint(str(fork / 'checkpoints' / '00000002-checkpoint.pth.tar'))
     assert step_of(ck2) == 3 * steps_per_epoch  # Adam's step count carried over from epoch 0
     assert ck2['scheduler_generator']['last_epoch'] == 3
+    assert {p.name: p.read_bytes() for p in (run_dir / 'checkpoints').iterdir()} == before
 
     # an original checkpoint (no scheduler entries) saved after the milestone: its optimizer already
     # holds the lowered rate; the milestones are replayed from the config's rate, not applied again

@@ -107,7 +107,8 @@ def test_gif_and_png_folder_roundtrip(tmp_path, clip):
     assert probe_video(tmp_path / 'v.gif').fps == pytest.approx(10)
 
     write_video(tmp_path / 'frames', clip, fmt='.png')
-    assert sorted(p.name for p in (tmp_path / 'frames').iterdir())[:2] == ['000000.png', '000001.png']
+    names = sorted(p.name for p in (tmp_path / 'frames').iterdir())
+    assert names[:3] == ['.fomm-frames', '000000.png', '000001.png'] and len(names) == 1 + len(clip)
     np.testing.assert_array_equal(np.stack(list(iter_video_frames(tmp_path / 'frames'))), clip)
     np.testing.assert_array_equal(read_frames(tmp_path / 'frames', [3, 0]), clip[[3, 0]])
 
