@@ -17,16 +17,16 @@ kp_detector, relative=True, adapt_movement_scale=True, cpu=False)` -> list of (H
 frames; both run on the batched engine of `inference.py`.
 """
 import argparse
-import contextlib
 import os
 import sys
 from typing import List, Optional, Sequence
 
 import numpy as np
 
-from images import FITS, MediaError, fit, read_image
-from inference import AnimationEngine, load_networks, to_uint8_frames
+from images import FITS, MediaError, read_image
+from inference import AnimationEngine, load_networks
 from outputs import OutputError, check_outputs
+from pipeline import PhotoOptions, animate_photo, check_driving
 from runtime import resolve_device
 
 PROG = 'demo.py'
@@ -123,19 +123,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def photo_options(args: argparse.Namespace) -> PhotoOptions:
+    options = PhotoOptions(relative=args.relative, adapt_scale=args.adapt_scale, fit=args.fit,
+                           crop_source=args.crop_source, paste_back=args.paste_back, detector=args.detector,
+                           increase=args.increase, feather=args.feather, best_frame=args.best_frame,
+                           find_best_frame=args.find_best_frame, audio=not args.no_audio)
+    options.check()
+    return options
+
+
 def check_args(args: argparse.Namespace) -> None:
-    """Every check that needs no model: flags that exclude each other, inputs that exist, and the
+    """Every check that needs no model: inputs that exist, known output formats, and the
     output-path rule (outputs.check_outputs), all before any work starts."""
     from video_io import OUTPUT_FORMATS
 
-    if args.paste_back and not args.crop_source:
-        raise UserError('--paste_back needs --crop_source (it pastes the animated face crop back)')
-    if args.find_best_frame and args.best_frame is not None:
-        raise UserError('--find_best_frame and --best_frame N exclude each other')
     if args.adapt_scale and not args.relative:
         print('%s: note: --adapt_scale has no effect without --relative' % PROG, file=sys.stderr)
-    for flag in ('--source_image', '--driving_video', '--checkpoint', '--config'):
-        path = getattr(args, flag[2:])
+    inputs = {flag: getattr(args, flag[2:]) for flag in ('--source_image', '--driving_video', '--checkpoint', '--config')}
+    for flag, path in inputs.items():
         if path is not None and not os.path.exists(path):
             raise UserError('%s: file not found: %s' % (flag, path))
     outputs = {'--result_video': args.result_video, '--preview': args.preview}
@@ -143,22 +148,8 @@ def check_args(args: argparse.Namespace) -> None:
         if path is not None and os.path.splitext(path)[1].lower() not in OUTPUT_FORMATS:
             raise UserError('%s: %s: unknown format %r (use .mp4, .mov, .mkv, .avi, .gif or .png)'
                             % (flag, path, os.path.splitext(path)[1]))
-    inputs = {flag: getattr(args, flag[2:]) for flag in ('--source_image', '--driving_video', '--checkpoint', '--config')}
     check_outputs(outputs, inputs, overwrite=args.overwrite,
                   folder_ok=[f for f, p in outputs.items() if p and p.lower().endswith('.png')])
-
-
-def open_driving(args: argparse.Namespace):
-    """The driving video (a VideoSource), checked: frames, and --best_frame in range."""
-    from video_io import open_video
-
-    video = open_video(args.driving_video)
-    if video.num_frames < 1:
-        raise UserError('--driving_video: %s has no frames' % args.driving_video)
-    if args.best_frame is not None and not 0 <= args.best_frame < video.num_frames:
-        raise UserError('--best_frame: %d is outside 0..%d (%s has %d frames)'
-                        % (args.best_frame, video.num_frames - 1, args.driving_video, video.num_frames))
-    return video
 
 
 def make_landmarker(args: argparse.Namespace):
@@ -170,73 +161,24 @@ def make_landmarker(args: argparse.Namespace):
         raise UserError('--find_best_frame: %s' % e) from None
 
 
-def prepare_source(args: argparse.Namespace, photo: np.ndarray, size: tuple, device: str):
-    """(source at the model's size, crop geometry or None) from the photo (--crop_source, --fit)."""
-    if not args.crop_source:
-        return fit(photo, size, args.fit), None
-    import face
-    detector = face.make_detector(args.detector, device=device)
-    box = face.find_face(photo, detector, what='--source_image %s' % args.source_image)
-    return face.crop_face(photo, box, out_size=tuple(size), increase=args.increase)
-
-
-def initial_frame(args, video, source: np.ndarray, size: tuple, landmarker) -> Optional[np.ndarray]:
-    """The driving frame relative motion starts from: --best_frame N, the --find_best_frame match,
-    or None (the first frame). Animating forward and backward from frame i, as the original did,
-    gives every frame the keypoints of frame i as initial ones: one forward pass with them is the same."""
-    if args.best_frame is None and not args.find_best_frame:
-        return None
-    index = args.best_frame
-    if index is None:
-        import face
-        landmarks = face.landmarks_for_frames((fit(f, size, args.fit) for f in video), landmarker=landmarker,
-                                              progress=not args.quiet)
-        index = face.find_best_frame(landmarker(source), landmarks)
-        print('%s: best frame: %d' % (PROG, index), file=sys.stderr)
-    return fit(video.read([index])[0], size, args.fit)
-
-
-def write_outputs(args, engine, video, source, photo, geometry, initial) -> None:
-    """Stream the animation into --result_video (pasted back with --paste_back) and --preview."""
-    import face
-    from tqdm import tqdm
-
-    from video_io import VideoWriter, copy_audio, has_audio
-
-    size = engine.frame_shape
-    driving = (fit(frame, size, args.fit) for frame in video)
-    results = engine.stream(driving, relative=args.relative, adapt_scale=args.adapt_scale, initial_frame=initial)
-    with contextlib.ExitStack() as stack:
-        writer = stack.enter_context(VideoWriter(args.result_video, fps=video.info.fps))
-        preview = stack.enter_context(VideoWriter(args.preview, fps=video.info.fps)) if args.preview else None
-        bar = stack.enter_context(tqdm(total=video.num_frames, unit='frame', desc='animate', disable=args.quiet))
-        for result in results:
-            for frame, driven in zip(to_uint8_frames(result['prediction']), result['frames']):
-                if preview is not None:
-                    preview.write(np.concatenate([source, driven, frame], axis=1))
-                writer.write(face.paste_back(photo, frame, geometry, feather=args.feather)
-                             if args.paste_back else frame)
-                bar.update(1)
-    if not args.no_audio and has_audio(args.driving_video):
-        for path in (args.result_video, args.preview):
-            if path is not None and os.path.splitext(path)[1].lower() not in ('.gif', '.png'):
-                copy_audio(args.driving_video, path)
-
-
 def run(args: argparse.Namespace) -> str:
     """The demo; returns the written path. Raises UserError (and the project's one-line errors)."""
+    from tqdm import tqdm
+
+    from video_io import open_video
+
+    options = photo_options(args)
     check_args(args)
     photo = read_image(args.source_image, limit=args.max_pixels)  # uint8 (H, W, 3), decoded in full
-    video = open_driving(args)
+    video = open_video(args.driving_video)
+    check_driving(video, options)
     landmarker = make_landmarker(args) if args.find_best_frame else None
     engine = AnimationEngine.from_checkpoint(args.config, args.checkpoint, device='cpu' if args.cpu else args.device,
                                              precision=args.precision, batch_size=args.batch_size,
                                              compile=args.compile)
-    size = engine.frame_shape
-    source, geometry = prepare_source(args, photo, size, str(engine.device))
-    initial = initial_frame(args, video, source, size, landmarker)
-    engine.set_source(source)
-    write_outputs(args, engine, video, source, photo, geometry, initial)
+    with tqdm(total=video.num_frames, unit='frame', desc='animate', disable=args.quiet) as bar:
+        animate_photo(engine, photo, video, args.result_video, options, preview=args.preview, landmarker=landmarker,
+                      progress=lambda done, total: bar.update(done - bar.n), device=str(engine.device))
     return args.result_video
 
 

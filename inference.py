@@ -292,22 +292,23 @@ class AnimationEngine:
 
     def animate(self, driving_frames: Iterable[Frame], relative: bool = True, adapt_scale: bool = False,
                 relative_jacobian: bool = True, initial_frame: Optional[Frame] = None,
-                output: str = 'uint8') -> Iterator:
+                output: str = 'uint8', with_inputs: bool = False) -> Iterator:
         """Animate the source by `driving_frames` (an iterable, consumed lazily).
 
         output: 'uint8' -> (H, W, 3) uint8 frames; 'float' -> (H, W, 3) float32 frames in [0, 1];
-        'batch' -> float32 (B, 3, H, W) tensors on the device, one per batch."""
-        if output not in OUTPUTS:
-            raise ValueError('output: %r is not one of %s' % (output, ', '.join(OUTPUTS)))
+        'batch' -> float32 (B, 3, H, W) tensors on the device, one per batch. with_inputs: yield
+        (driving frame as given, output frame) pairs instead (not with 'batch')."""
+        if output not in OUTPUTS or (with_inputs and output == 'batch'):
+            raise ValueError('output: %r is not one of %s%s' % (output, ', '.join(OUTPUTS),
+                                                                 ' (with_inputs: not batch)' if with_inputs else ''))
         for result in self.stream(driving_frames, relative=relative, adapt_scale=adapt_scale,
                                   relative_jacobian=relative_jacobian, initial_frame=initial_frame):
             prediction = result['prediction']
             if output == 'batch':
                 yield prediction
-            elif output == 'uint8':
-                yield from to_uint8_frames(prediction)
-            else:
-                yield from prediction.permute(0, 2, 3, 1).cpu().numpy()
+                continue
+            frames = to_uint8_frames(prediction) if output == 'uint8' else prediction.permute(0, 2, 3, 1).cpu().numpy()
+            yield from (zip(result['frames'], frames) if with_inputs else frames)
 
     @torch.inference_mode()
     def animate_frame(self, frame: Frame, relative: bool = True, adapt_scale: bool = False,
