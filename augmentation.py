@@ -5,11 +5,10 @@ get the same flip and the same colour change). Randomness comes from an explicit
 `numpy.random.Generator`, never from the global numpy state, so DataLoader workers do not repeat
 each other (see `process_rng`).
 
-Clips are numpy arrays (T, H, W, C) (or a list of (H, W, C) frames), uint8 or float in [0, 1];
-or torch tensors (T, C, H, W) / (C, H, W) in the torchvision layout. The output has the input's
-type, layout and dtype. Colour jitter follows torchvision's ColorJitter (factors drawn uniformly
-in [max(0, 1 - b), 1 + b], hue shift in [-h, h], the four adjustments in a random order), written
-here in a few lines because torchvision is not a dependency.
+Clips are numpy arrays (T, H, W, C) (or a list of (H, W, C) frames, or one frame), uint8 or float
+in [0, 1]; the output has the input's type and dtype. Colour jitter follows torchvision's
+ColorJitter (factors drawn uniformly in [max(0, 1 - b), 1 + b], hue shift in [-h, h], the four
+adjustments in a random order), written here in a few lines because torchvision is not a dependency.
 """
 from __future__ import annotations
 
@@ -19,8 +18,8 @@ from typing import Any, Optional, Sequence
 
 import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+from images import float_to_uint8, frames_to_float
 
 _GRAY = (0.2989, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
 
@@ -32,6 +31,7 @@ def process_rng(seed: int = 0, stream: Optional[int] = None) -> np.random.Genera
     from epoch to epoch, and a run seeded with torch.manual_seed is reproducible. The DDP rank
     ($RANK, set by torchrun) is mixed in too, so ranks seeded alike still draw differently."""
     if stream is None:
+        import torch  # its seed is what differs between DataLoader workers
         stream = torch.initial_seed()
     rank = int(os.environ.get('RANK', '0') or 0)
     return np.random.default_rng(np.random.SeedSequence([int(seed) & (2 ** 64 - 1),
@@ -51,25 +51,8 @@ def _check_keys(section: str, given: dict, allowed: Sequence[str]) -> None:
             raise ValueError("%s.%s: unknown key%s" % (section, key, hint))
 
 
-# ----------------------------------------------------------------------------------------------
-# Layout helpers: every op below sees a float clip, numpy (T, H, W, C) or torch (T, C, H, W).
-# ----------------------------------------------------------------------------------------------
-
-def _h_axis(x) -> int:
-    return -2 if torch.is_tensor(x) else -3
-
-
-def _hw(x) -> tuple:
-    return tuple(x.shape[-2:]) if torch.is_tensor(x) else tuple(x.shape[-3:-1])
-
-
-def _channels_last(x):
-    """A channels-last view: numpy unchanged, torch (T, C, H, W) -> (T, H, W, C)."""
-    return x.movedim(-3, -1) if torch.is_tensor(x) else x
-
-
-def _from_channels_last(x, like):
-    return x.movedim(-1, -3) if torch.is_tensor(like) else x
+def _hw(clip: np.ndarray) -> tuple:
+    return tuple(clip.shape[1:3])  # (T, H, W, C)
 
 
 class RandomFlip:
@@ -81,9 +64,9 @@ class RandomFlip:
     def __call__(self, clip, rng: np.random.Generator):
         flip_t, flip_h = rng.random() < 0.5, rng.random() < 0.5
         if self.time_flip and flip_t:
-            clip = clip.flip(0) if torch.is_tensor(clip) else clip[::-1]
+            clip = clip[::-1]
         if self.horizontal_flip and flip_h:
-            clip = clip.flip(-1) if torch.is_tensor(clip) else clip[:, :, ::-1]
+            clip = clip[:, :, ::-1]
         return clip
 
 
@@ -99,9 +82,6 @@ class RandomResize:
         nh, nw = max(1, int(scale * h)), max(1, int(scale * w))
         if (nh, nw) == (h, w):
             return clip
-        if torch.is_tensor(clip):
-            return F.interpolate(clip, size=(nh, nw), mode='bilinear', align_corners=False,
-                                 antialias=scale < 1)
         interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
         return np.stack([cv2.resize(np.ascontiguousarray(f), (nw, nh), interpolation=interp)
                          .reshape(nh, nw, -1) for f in clip])
@@ -120,15 +100,10 @@ class RandomCrop:
         ph, pw = max(0, h - ih), max(0, w - iw)
         if ph or pw:
             pads = (ph // 2, ph - ph // 2, pw // 2, pw - pw // 2)
-            if torch.is_tensor(clip):
-                clip = F.pad(clip, (pads[2], pads[3], pads[0], pads[1]), mode='replicate')
-            else:
-                clip = np.pad(clip, ((0, 0), pads[:2], pads[2:], (0, 0)), mode='edge')
+            clip = np.pad(clip, ((0, 0), pads[:2], pads[2:], (0, 0)), mode='edge')
             ih, iw = _hw(clip)
         y = int(rng.integers(0, ih - h + 1))
         x = int(rng.integers(0, iw - w + 1))
-        if torch.is_tensor(clip):
-            return clip[..., y:y + h, x:x + w]
         return clip[:, y:y + h, x:x + w]
 
 
@@ -142,14 +117,6 @@ class RandomRotation:
     def __call__(self, clip, rng: np.random.Generator):
         angle = rng.uniform(-self.degrees, self.degrees)
         h, w = _hw(clip)
-        if torch.is_tensor(clip):
-            t = np.deg2rad(angle)
-            # affine_grid maps output to input coordinates (normalised, aspect-corrected).
-            theta = torch.tensor([[np.cos(t), -np.sin(t) * h / w, 0.0],
-                                  [np.sin(t) * w / h, np.cos(t), 0.0]], dtype=clip.dtype)
-            grid = F.affine_grid(theta[None].expand(len(clip), 2, 3).to(clip.device),
-                                 list(clip.shape), align_corners=False)
-            return F.grid_sample(clip, grid, mode='bilinear', padding_mode='zeros', align_corners=False)
         m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, 1.0)
         return np.stack([cv2.warpAffine(np.ascontiguousarray(f), m, (w, h), flags=cv2.INTER_LINEAR,
                                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
@@ -177,7 +144,7 @@ def adjust_brightness(x, f: float):
 def adjust_contrast(x, f: float):
     """Blend each frame with the mean of its grayscale."""
     g = _gray(x)
-    m = g.mean(dim=(-3, -2, -1), keepdim=True) if torch.is_tensor(g) else g.mean(axis=(-3, -2, -1), keepdims=True)
+    m = g.mean(axis=(-3, -2, -1), keepdims=True)
     return _blend(x, m, f)
 
 
@@ -188,45 +155,11 @@ def adjust_saturation(x, f: float):
 
 def adjust_hue(x, f: float):
     """Rotate hue by f turns (f in [-0.5, 0.5])."""
-    if torch.is_tensor(x):
-        return _hsv_to_rgb_torch(*_shift_hue_torch(x, f))
     shape = x.shape
     flat = np.ascontiguousarray(x.reshape(-1, shape[-2], 3), dtype=np.float32)  # cv2: one 2-D image
     hsv = cv2.cvtColor(flat, cv2.COLOR_RGB2HSV)  # H in degrees [0, 360)
     hsv[..., 0] = np.mod(hsv[..., 0] + 360.0 * f, 360.0)
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB).reshape(shape).clip(0.0, 1.0)
-
-
-def _shift_hue_torch(x: torch.Tensor, f: float):
-    """RGB -> (h + f mod 1, s, v), torchvision's formulas."""
-    r, g, b = x.unbind(-1)
-    maxc, minc = x.amax(-1), x.amin(-1)
-    eqc = maxc == minc
-    cr = maxc - minc
-    ones = torch.ones_like(maxc)
-    s = cr / torch.where(eqc, ones, maxc)
-    crd = torch.where(eqc, ones, cr)
-    rc, gc, bc = (maxc - r) / crd, (maxc - g) / crd, (maxc - b) / crd
-    hr = (maxc == r) * (bc - gc)
-    hg = ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
-    hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
-    h = torch.fmod((hr + hg + hb) / 6.0 + 1.0, 1.0)
-    return torch.remainder(h + f, 1.0), s, maxc
-
-
-def _hsv_to_rgb_torch(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    i = torch.floor(h * 6.0)
-    fr = h * 6.0 - i
-    i = i.to(torch.int64) % 6
-    p = (v * (1.0 - s)).clamp(0.0, 1.0)
-    q = (v * (1.0 - s * fr)).clamp(0.0, 1.0)
-    t = (v * (1.0 - s * (1.0 - fr))).clamp(0.0, 1.0)
-    table = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
-    out = torch.zeros(h.shape + (3,), dtype=v.dtype, device=v.device)
-    for k, (a, b, c) in enumerate(table):
-        mask = (i == k)[..., None]
-        out = torch.where(mask, torch.stack((a, b, c), -1), out)
-    return out
 
 
 class ColorJitter:
@@ -266,10 +199,9 @@ class ColorJitter:
         ops = self.draw(rng)
         if not ops:
             return clip
-        x = _channels_last(clip)
         for name, f in ops:
-            x = _ADJUST[name](x, f)
-        return _from_channels_last(x, clip)
+            clip = _ADJUST[name](clip, f)
+        return clip
 
 
 _ADJUST = {'brightness': adjust_brightness, 'contrast': adjust_contrast,
@@ -320,22 +252,16 @@ class AllAugmentationTransform:
                 self._rng, self._pid = process_rng(0), os.getpid()
             rng = self._rng
         is_list = isinstance(clip, (list, tuple))
-        x = (torch.stack(list(clip)) if torch.is_tensor(clip[0]) else np.stack(clip)) if is_list else clip
+        x = np.stack(clip) if is_list else np.asarray(clip)
         dtype = x.dtype
         single = x.ndim == 3  # one frame
         if single:
             x = x[None]
-        if torch.is_tensor(x):
-            x = x.float() / 255.0 if dtype == torch.uint8 else x
-        elif dtype == np.uint8:
-            x = x.astype(np.float32) / np.float32(255.0)
+        if dtype == np.uint8:
+            x = frames_to_float(x)
         for t in self.transforms:
             x = t(x, rng)
-        if torch.is_tensor(x):
-            x = (x * 255.0).round().clamp(0, 255).to(torch.uint8) if dtype == torch.uint8 else x.contiguous()
-        else:
-            x = (np.clip(x, 0, 1) * 255.0 + 0.5).astype(np.uint8) if dtype == np.uint8 else \
-                np.ascontiguousarray(x, dtype=dtype)
+        x = float_to_uint8(x) if dtype == np.uint8 else np.ascontiguousarray(x, dtype=dtype)
         if single:
             x = x[0]
         return list(x) if is_list else x

@@ -23,7 +23,7 @@ import numpy as np
 from face import DETECTORS, FA_WEIGHTS_ENV, CropGeometry, Detector, FaceToolsError, iou, make_detector, square_box
 from images import resize
 
-PROG = "crop_video.py"
+PROG = 'crop_video.py'
 
 
 # --------------------------------------------------------------------------- tracking
@@ -40,7 +40,7 @@ class Track:
     count: int = 1
 
     @classmethod
-    def begin(cls, frame: int, box: np.ndarray) -> "Track":
+    def begin(cls, frame: int, box: np.ndarray) -> 'Track':
         box = np.asarray(box, dtype=np.float64)[:4]
         return cls(frame, frame, box.copy(), box.copy(), box.copy(), box.copy())
 
@@ -57,11 +57,11 @@ class Track:
 
     def box(self, mode: str) -> np.ndarray:
         """The track's box: 'union' of all boxes (the original) or their 'mean'."""
-        if mode == "union":
+        if mode == 'union':
             return self.union
-        if mode == "mean":
+        if mode == 'mean':
             return self.box_sum / self.count
-        raise ValueError(f"unknown box mode {mode!r}: expected 'union' or 'mean'")
+        raise ValueError("unknown box mode %r: expected 'union' or 'mean'" % (mode,))
 
 
 @dataclass
@@ -123,23 +123,23 @@ class Clip:
     geometry: CropGeometry
 
     def name(self, stem: str) -> str:
-        return f"{stem}_{self.track}_{self.start}-{self.end}.mp4"
+        return '%s_%s_%s-%s.mp4' % (stem, self.track, self.start, self.end)
 
 
 def plan_clips(tracks: Sequence[Track], frame_hw: tuple[int, int], increase: float = 0.1,
                min_frames: int = 150, min_size: int = 64,
-               box_mode: str = "union") -> tuple[list[Clip], list[str]]:
+               box_mode: str = 'union') -> tuple[list[Clip], list[str]]:
     """Clips for the tracks long and large enough, and one reason per rejected track."""
     clips: list[Clip] = []
     rejected: list[str] = []
     for number, track in enumerate(tracks):
-        label = f"track {number} (frames {track.start}-{track.end})"
+        label = 'track %s (frames %s-%s)' % (number, track.start, track.end)
         if track.length < min_frames:
-            rejected.append(f"{label}: {track.length} frames < --min_frames {min_frames}")
+            rejected.append('%s: %s frames < --min_frames %s' % (label, track.length, min_frames))
             continue
         geometry = square_box(track.box(box_mode), frame_hw, increase)
         if geometry.size < min_size:
-            rejected.append(f"{label}: crop of {geometry.size} px < --min_size {min_size}")
+            rejected.append('%s: crop of %s px < --min_size %s' % (label, geometry.size, min_size))
             continue
         clips.append(Clip(number, track.start, track.end, geometry))
     return clips, rejected
@@ -152,9 +152,9 @@ def _open(path: Path):
     from video_io import MediaError, open_video
 
     if path.is_dir():
-        raise FaceToolsError(f"input {path} is a folder, expected a video file")
+        raise FaceToolsError('input %s is a folder, expected a video file' % (path,))
     if not path.is_file():
-        raise FaceToolsError(f"input video not found: {path}")
+        raise FaceToolsError('input video not found: %s' % (path,))
     try:
         return open_video(path)
     except MediaError as err:
@@ -183,13 +183,13 @@ def detect_tracks(path: Path, detector: Detector, every: int = 1, iou_with_initi
     video = _open(path)
     tracker = FaceTracker(iou_with_initial, iou_with_previous, max_gap)
     frame_hw, count = (0, 0), 0
-    for index, frame in enumerate(tqdm(_frames(video), total=video.num_frames, desc="detecting faces",
-                                       unit="frame", disable=not progress)):
+    for index, frame in enumerate(tqdm(_frames(video), total=video.num_frames, desc='detecting faces',
+                                       unit='frame', disable=not progress)):
         frame_hw, count = frame.shape[:2], index + 1
         if index % every == 0:
             tracker.update(index, detector(frame))
     if count == 0:
-        raise FaceToolsError(f"video {path} has no frames")
+        raise FaceToolsError('video %s has no frames' % (path,))
     return tracker.finish(), frame_hw, count, float(video.info.fps or 25.0)
 
 
@@ -200,7 +200,7 @@ def clip_paths(path: Path, clips: Sequence[Clip], out_dir: Path, overwrite: bool
     outputs = [out_dir / clip.name(path.stem) for clip in clips]
     try:
         for output in outputs:
-            check_output("--out_dir", str(output), {"--inp": str(path)}, overwrite=overwrite)
+            check_output('--out_dir', str(output), {'--inp': str(path)}, overwrite=overwrite)
     except OutputError as err:
         raise FaceToolsError(str(err)) from None
     return outputs
@@ -218,7 +218,7 @@ def write_clips(path: Path, clips: Sequence[Clip], outputs: Sequence[Path], imag
     last_frame = max(clip.end for clip in clips)
     try:
         for index, frame in enumerate(tqdm(_frames(_open(path), last_frame + 1), total=last_frame + 1,
-                                           desc="writing clips", unit="frame", disable=not progress)):
+                                           desc='writing clips', unit='frame', disable=not progress)):
             for number, clip in enumerate(clips):
                 if not clip.start <= index <= clip.end:
                     continue
@@ -238,11 +238,11 @@ def write_clips(path: Path, clips: Sequence[Clip], outputs: Sequence[Path], imag
 
 def _image_shape(text: str) -> tuple[int, int]:
     try:
-        height, width = (int(v) for v in text.split(","))
+        height, width = (int(v) for v in text.split(','))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HEIGHT,WIDTH such as 256,256, got {text!r}")
+        raise argparse.ArgumentTypeError('expected HEIGHT,WIDTH such as 256,256, got %r' % (text,))
     if height <= 0 or width <= 0 or height % 2 or width % 2:
-        raise argparse.ArgumentTypeError(f"HEIGHT,WIDTH must be positive and even (H.264), got {text!r}")
+        raise argparse.ArgumentTypeError('HEIGHT,WIDTH must be positive and even (H.264), got %r' % (text,))
     return height, width
 
 
@@ -251,65 +251,65 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         if action.default is None or action.default is False:
-            return action.help or ""
+            return action.help or ''
         return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, formatter_class=_HelpFormatter,
-        description="Detect and track faces in a video and write one square clip per stable "
-                    "face track (ready for the model: e.g. the vox-256 config).")
-    parser.add_argument("--inp", required=True, type=Path, help="input video")
-    parser.add_argument("--out_dir", type=Path, default=None,
-                        help="folder for the clips, named <video-stem>_<track#>_<start>-<end>.mp4 "
+        description='Detect and track faces in a video and write one square clip per stable '
+                    'face track (ready for the model: e.g. the vox-256 config).')
+    parser.add_argument('--inp', required=True, type=Path, help='input video')
+    parser.add_argument('--out_dir', type=Path, default=None,
+                        help='folder for the clips, named <video-stem>_<track#>_<start>-<end>.mp4 '
                              "(unset: the input video's folder)")
-    parser.add_argument("--detector", choices=DETECTORS, default="face_alignment",
-                        help="face_alignment: S3FD from face-alignment (pip install -r "
+    parser.add_argument('--detector', choices=DETECTORS, default='face_alignment',
+                        help='face_alignment: S3FD from face-alignment (pip install -r '
                              "requirements-face.txt; weights download once); haar: OpenCV's "
-                             "Haar cascade (no download, frontal faces only)")
-    parser.add_argument("--image_shape", type=_image_shape, default="256,256",
-                        help="HEIGHT,WIDTH of the output clips")
-    parser.add_argument("--increase", type=float, default=0.1,
+                             'Haar cascade (no download, frontal faces only)')
+    parser.add_argument('--image_shape', type=_image_shape, default='256,256',
+                        help='HEIGHT,WIDTH of the output clips')
+    parser.add_argument('--increase', type=float, default=0.1,
                         help="margin added around the track's box, fraction of its longer side per side")
-    parser.add_argument("--box", choices=("union", "mean"), default="union",
+    parser.add_argument('--box', choices=('union', 'mean'), default='union',
                         help="the clip's box: union of the track's boxes (original) or their mean")
-    parser.add_argument("--iou_with_initial", type=float, default=0.25,
+    parser.add_argument('--iou_with_initial', type=float, default=0.25,
                         help="a face continues a track only if its IoU with the track's first box is above this")
-    parser.add_argument("--iou_with_previous", type=float, default=0.3,
+    parser.add_argument('--iou_with_previous', type=float, default=0.3,
                         help="... and its IoU with the track's latest box is above this (splits on cuts/jumps)")
-    parser.add_argument("--max_gap", type=int, default=5,
-                        help="frames a track may go without a detection before it ends")
-    parser.add_argument("--min_frames", type=int, default=150,
-                        help="shortest track (in frames) that becomes a clip")
-    parser.add_argument("--min_size", type=int, default=64,
-                        help="smallest crop side (in input pixels) that becomes a clip")
-    parser.add_argument("--detect_every", type=int, default=1,
-                        help="run the detector on every Nth frame only (faster, coarser track ends)")
-    parser.add_argument("--device", default=None,
-                        help="torch device for the face_alignment detector (unset: cuda if available, else cpu)")
-    parser.add_argument("--cpu", action="store_true", help="same as --device cpu")
-    parser.add_argument("--fa_weights_dir", type=Path, default=None,
-                        help=f"folder holding face-alignment's weight files (unset: ${FA_WEIGHTS_ENV} "
-                             "if set, else $TORCH_HOME/hub/checkpoints)")
-    parser.add_argument("--offline", action="store_true",
-                        help="never try to download face-alignment weights")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace existing clips that this tool did not write (never the input)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument('--max_gap', type=int, default=5,
+                        help='frames a track may go without a detection before it ends')
+    parser.add_argument('--min_frames', type=int, default=150,
+                        help='shortest track (in frames) that becomes a clip')
+    parser.add_argument('--min_size', type=int, default=64,
+                        help='smallest crop side (in input pixels) that becomes a clip')
+    parser.add_argument('--detect_every', type=int, default=1,
+                        help='run the detector on every Nth frame only (faster, coarser track ends)')
+    parser.add_argument('--device', default=None,
+                        help='torch device for the face_alignment detector (unset: cuda if available, else cpu)')
+    parser.add_argument('--cpu', action='store_true', help='same as --device cpu')
+    parser.add_argument('--fa_weights_dir', type=Path, default=None,
+                        help="folder holding face-alignment's weight files (unset: $%s "
+                             'if set, else $TORCH_HOME/hub/checkpoints)' % (FA_WEIGHTS_ENV,))
+    parser.add_argument('--offline', action='store_true',
+                        help='never try to download face-alignment weights')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace existing clips that this tool did not write (never the input)')
+    parser.add_argument('--quiet', action='store_true', help='no progress bars')
     return parser
 
 
 def run(args: argparse.Namespace) -> list[Path]:
     """Crop ``args.inp`` as the CLI does; returns the written clip paths."""
-    for flag in ("min_frames", "detect_every"):
+    for flag in ('min_frames', 'detect_every'):
         if getattr(args, flag) < 1:
-            raise FaceToolsError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+            raise FaceToolsError('--%s must be >= 1, got %s' % (flag, getattr(args, flag)))
     if args.max_gap < 0 or args.min_size < 1 or args.increase < 0:
-        raise FaceToolsError("--max_gap and --increase must be >= 0 and --min_size >= 1")
+        raise FaceToolsError('--max_gap and --increase must be >= 0 and --min_size >= 1')
     path = Path(args.inp)
     _open(path)  # a bad input fails before any detector loads
-    device = "cpu" if args.cpu else args.device
+    device = 'cpu' if args.cpu else args.device
     detector = make_detector(args.detector, device=device, weights_dir=args.fa_weights_dir,
                              allow_download=not args.offline)
     progress = not args.quiet
@@ -318,19 +318,19 @@ def run(args: argparse.Namespace) -> list[Path]:
         args.max_gap, progress)
     clips, rejected = plan_clips(tracks, frame_hw, args.increase, args.min_frames, args.min_size, args.box)
     for reason in rejected:
-        print(f"skipped {reason}", file=sys.stderr)
+        print('skipped %s' % (reason,), file=sys.stderr)
     if not clips:
-        why = (f"{len(tracks)} face track(s), none long and large enough (reasons above; lower --min_frames / "
-               "--min_size?)" if tracks else f"no face was detected (--detector {args.detector})")
-        print(f"no clip written: {count} frames of {path}: {why}", file=sys.stderr)
+        why = ('%s face track(s), none long and large enough (reasons above; lower --min_frames / '
+               '--min_size?)' % (len(tracks),) if tracks else 'no face was detected (--detector %s)' % (args.detector,))
+        print('no clip written: %s frames of %s: %s' % (count, path, why), file=sys.stderr)
         return []
     out_dir = args.out_dir if args.out_dir is not None else path.resolve().parent
     outputs = write_clips(path, clips, clip_paths(path, clips, out_dir, args.overwrite), args.image_shape, fps,
                           progress)
     for clip, output in zip(clips, outputs):
         g = clip.geometry
-        print(f"{output}: frames {clip.start}-{clip.end} ({clip.end - clip.start + 1}), "
-              f"box x={g.left} y={g.top} side={g.size}")
+        print('%s: frames %s-%s (%s), box x=%s y=%s side=%s'
+              % (output, clip.start, clip.end, clip.end - clip.start + 1, g.left, g.top, g.size))
     return outputs
 
 
@@ -339,10 +339,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         run(args)
     except FaceToolsError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
+        print('%s: error: %s' % (PROG, err), file=sys.stderr)
         return 1
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     sys.exit(main())

@@ -31,9 +31,9 @@ Landmarks = np.ndarray  # (68, 2) float, x/y in pixels
 LandmarkFn = Callable[[np.ndarray], Optional[Landmarks]]
 Detector = Callable[[np.ndarray], np.ndarray]
 
-FA_WEIGHTS_ENV = "FOMM_FA_WEIGHTS_DIR"
-HAAR_CASCADE = "haarcascade_frontalface_default.xml"
-DETECTORS = ("face_alignment", "haar")
+FA_WEIGHTS_ENV = 'FOMM_FA_WEIGHTS_DIR'
+HAAR_CASCADE = 'haarcascade_frontalface_default.xml'
+DETECTORS = ('face_alignment', 'haar')
 
 
 class FaceToolsError(RuntimeError):
@@ -44,10 +44,10 @@ class FaceToolsError(RuntimeError):
 
 def _check_image(image: np.ndarray, what: str) -> None:
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
-        shape = getattr(image, "shape", type(image).__name__)
-        raise ValueError(f"{what} must be an (H, W, 3) RGB array, got {shape}")
+        shape = getattr(image, 'shape', type(image).__name__)
+        raise ValueError('%s must be an (H, W, 3) RGB array, got %s' % (what, shape))
     if image.dtype != np.uint8 and not np.issubdtype(image.dtype, np.floating):
-        raise ValueError(f"{what} must be uint8 or float in [0, 1], got {image.dtype}")
+        raise ValueError('%s must be uint8 or float in [0, 1], got %s' % (what, image.dtype))
 
 
 def box_area(box: Sequence[float]) -> float:
@@ -96,9 +96,9 @@ def square_box(box: Sequence[float], image_hw: tuple[int, int],
     height, width = int(image_hw[0]), int(image_hw[1])
     x0, y0, x1, y1 = (float(v) for v in box)
     if not (x1 > x0 and y1 > y0):
-        raise ValueError(f"box {tuple(box)} is empty: expected x0 < x1 and y0 < y1")
+        raise ValueError('box %s is empty: expected x0 < x1 and y0 < y1' % (tuple(box),))
     if increase < 0:
-        raise ValueError(f"increase must be >= 0, got {increase}")
+        raise ValueError('increase must be >= 0, got %s' % (increase,))
     side = int(round(max(x1 - x0, y1 - y0) * (1 + 2 * increase)))
     side = max(1, min(side, height, width))
     left = int(round((x0 + x1) / 2 - side / 2))
@@ -121,7 +121,7 @@ def crop_face(image: np.ndarray, box: Sequence[float], out_size: Union[int, tupl
         ``(crop, geometry)``: the crop (out_size, same dtype as ``image``) and the
         ``CropGeometry`` that ``paste_back`` needs to put a generated frame back.
     """
-    _check_image(image, "image")
+    _check_image(image, 'image')
     geometry = square_box(box, image.shape[:2], increase)
     size = (out_size, out_size) if isinstance(out_size, int) else tuple(out_size)
     x0, y0, x1, y1 = geometry.box
@@ -134,7 +134,7 @@ def feather_mask(size: int, feather: float) -> np.ndarray:
     ``feather`` is the ramp width as a fraction of ``size`` (0 = hard edge, at most 0.5).
     """
     if not 0.0 <= feather <= 0.5:
-        raise ValueError(f"feather must be in [0, 0.5], got {feather}")
+        raise ValueError('feather must be in [0, 0.5], got %s' % (feather,))
     if feather == 0.0:
         return np.ones((size, size))
     ramp_px = feather * size
@@ -158,11 +158,11 @@ def paste_back(full_image: np.ndarray, generated_crop: np.ndarray, geometry: Cro
         A new (H, W, 3) array with the dtype of ``full_image``. Pixels outside the square, and
         those on its border where the mask is 0, are exactly those of ``full_image``.
     """
-    _check_image(full_image, "full_image")
-    _check_image(generated_crop, "generated_crop")
+    _check_image(full_image, 'full_image')
+    _check_image(generated_crop, 'generated_crop')
     if full_image.shape[:2] != (geometry.image_height, geometry.image_width):
-        raise ValueError(f"full_image is {full_image.shape[1]}x{full_image.shape[0]} but the crop "
-                         f"geometry is for a {geometry.image_width}x{geometry.image_height} image")
+        raise ValueError('full_image is %sx%s but the crop geometry is for a %sx%s image'
+                         % (full_image.shape[1], full_image.shape[0], geometry.image_width, geometry.image_height))
     x0, y0, x1, y1 = geometry.box
     region = full_image[y0:y1, x0:x1]
     generated = to_float(resize(generated_crop, geometry.size, geometry.size)).astype(np.float64)
@@ -182,19 +182,19 @@ def paste_back(full_image: np.ndarray, generated_crop: np.ndarray, geometry: Cro
 def _largest_first(boxes: np.ndarray) -> np.ndarray:
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return boxes[np.argsort(-areas, kind="stable")]
+    return boxes[np.argsort(-areas, kind='stable')]
 
 
 def _import_cv2_haar():
     try:
         import cv2
     except ImportError as err:
-        raise FaceToolsError("the haar detector needs OpenCV: pip install "
+        raise FaceToolsError('the haar detector needs OpenCV: pip install '
                              "'opencv-python-headless>=4.8,<5'") from err
-    if not hasattr(cv2, "CascadeClassifier") or not hasattr(cv2, "data"):
-        raise FaceToolsError(f"the haar detector needs OpenCV 4.x (installed: {cv2.__version__}, "
-                             "which has no cv2.CascadeClassifier): pip install "
-                             "'opencv-python-headless>=4.8,<5'")
+    if not hasattr(cv2, 'CascadeClassifier') or not hasattr(cv2, 'data'):
+        raise FaceToolsError('the haar detector needs OpenCV 4.x (installed: %s, '
+                             'which has no cv2.CascadeClassifier): pip install '
+                             "'opencv-python-headless>=4.8,<5'" % (cv2.__version__,))
     return cv2
 
 
@@ -220,13 +220,13 @@ class HaarFaceDetector:
         path = Path(cv2.data.haarcascades) / HAAR_CASCADE
         self._classifier = cv2.CascadeClassifier(str(path))
         if self._classifier.empty():
-            raise FaceToolsError(f"cannot load the Haar cascade {path}: reinstall opencv-python-headless")
+            raise FaceToolsError('cannot load the Haar cascade %s: reinstall opencv-python-headless' % (path,))
         self._cv2 = cv2
         self.scale_factor, self.min_neighbors = scale_factor, min_neighbors
         self.detect_size, self.min_face = detect_size, min_face
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
-        _check_image(frame, "frame")
+        _check_image(frame, 'frame')
         cv2 = self._cv2
         gray = cv2.cvtColor(to_uint8(frame), cv2.COLOR_RGB2GRAY)
         scale = min(1.0, self.detect_size / max(gray.shape))
@@ -257,9 +257,9 @@ def _import_face_alignment(landmarks: bool = False):
         import face_alignment
         import face_alignment.api  # noqa: F401  (the module whose loader we point at local files)
     except ImportError as err:
-        hint = ("landmarks (--find_best_frame, AKD) need it; or pick the frame with --best_frame N"
-                if landmarks else "or use --detector haar")
-        raise FaceToolsError(f"face-alignment is not installed ({err}): see requirements-face.txt; "
+        hint = ('landmarks (--find_best_frame, AKD) need it; or pick the frame with --best_frame N'
+                if landmarks else 'or use --detector haar')
+        raise FaceToolsError('face-alignment is not installed (%s): see requirements-face.txt; ' % (err,)
                              + hint) from err
     return face_alignment
 
@@ -272,15 +272,15 @@ def fa_weight_urls(landmarks: bool = True) -> list[str]:
     fa = _import_face_alignment()
     from face_alignment.detection.sfd import sfd_detector
 
-    urls = [sfd_detector.models_urls["s3fd"]]
+    urls = [sfd_detector.models_urls['s3fd']]
     if landmarks:
         table = fa.api.models_urls
-        if "2DFAN-4" not in table:  # face-alignment <= 1.4: URLs keyed by torch version
-            table = getattr(fa.api, "default_model_urls", {})
-        if "2DFAN-4" not in table:
-            raise FaceToolsError(f"unsupported face-alignment {fa.__version__}: no 2DFAN-4 URL found; "
-                                 "install the version in requirements-face.txt")
-        urls.append(table["2DFAN-4"])
+        if '2DFAN-4' not in table:  # face-alignment <= 1.4: URLs keyed by torch version
+            table = getattr(fa.api, 'default_model_urls', {})
+        if '2DFAN-4' not in table:
+            raise FaceToolsError('unsupported face-alignment %s: no 2DFAN-4 URL found; '
+                                 'install the version in requirements-face.txt' % (fa.__version__,))
+        urls.append(table['2DFAN-4'])
     return urls
 
 
@@ -296,7 +296,7 @@ def fa_weights_dir(weights_dir: Optional[Union[str, Path]] = None) -> Path:
         return Path(os.environ[FA_WEIGHTS_ENV]).expanduser()
     import torch
 
-    return Path(torch.hub.get_dir()) / "checkpoints"
+    return Path(torch.hub.get_dir()) / 'checkpoints'
 
 
 def _download(urls: Iterable[str], directory: Path, timeout: float) -> Optional[str]:
@@ -311,7 +311,7 @@ def _download(urls: Iterable[str], directory: Path, timeout: float) -> Optional[
             try:
                 torch.hub.download_url_to_file(url, str(directory / _file_name(url)), progress=True)
             except (OSError, ValueError, RuntimeError) as err:  # URLError/timeouts are OSErrors
-                return " ".join(str(err).split()) or type(err).__name__
+                return ' '.join(str(err).split()) or type(err).__name__
     finally:
         socket.setdefaulttimeout(previous)
     return None
@@ -332,15 +332,15 @@ def resolve_fa_weights(weights_dir: Optional[Union[str, Path]] = None, landmarks
         failure = _download(missing, directory, timeout)
         missing = [u for u in urls if not (directory / _file_name(u)).is_file()]
     if missing:
-        names = ", ".join(_file_name(u) for u in missing)
+        names = ', '.join(_file_name(u) for u in missing)
         if weights_dir or os.environ.get(FA_WEIGHTS_ENV):
-            where = f"{directory} (from --fa_weights_dir / ${FA_WEIGHTS_ENV})"
+            where = '%s (from --fa_weights_dir / $%s)' % (directory, FA_WEIGHTS_ENV)
         else:
-            where = (f"{directory} ($TORCH_HOME/hub/checkpoints), or point --fa_weights_dir or "
-                     f"${FA_WEIGHTS_ENV} at a folder holding them")
-        reason = f"download failed ({failure}); " if failure else ""
-        raise FaceToolsError(f"face-alignment weights not found: {reason}put {names} in {where} "
-                             f"(get them from {' '.join(missing)})")
+            where = ('%s ($TORCH_HOME/hub/checkpoints), or point --fa_weights_dir or '
+                     '$%s at a folder holding them' % (directory, FA_WEIGHTS_ENV))
+        reason = 'download failed (%s); ' % (failure,) if failure else ''
+        raise FaceToolsError('face-alignment weights not found: %sput %s in %s '
+                             '(get them from %s)' % (reason, names, where, ' '.join(missing)))
     return {_file_name(u): directory / _file_name(u) for u in urls}
 
 
@@ -357,7 +357,7 @@ class SfdFaceDetector:
         self.detect_size = detect_size
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
-        _check_image(frame, "frame")
+        _check_image(frame, 'frame')
         frame = to_uint8(frame)
         # As the original crop-video: detect on a frame whose longer side is at most 640 px.
         scale = min(1.0, self.detect_size / max(frame.shape[:2]))
@@ -373,18 +373,18 @@ def make_detector(name: str, device: Optional[str] = None,
                   weights_dir: Optional[Union[str, Path]] = None,
                   allow_download: bool = True) -> Detector:
     """A detector by backend name: 'face_alignment' (S3FD) or 'haar' (OpenCV)."""
-    if name == "haar":
+    if name == 'haar':
         return HaarFaceDetector()
-    if name == "face_alignment":
+    if name == 'face_alignment':
         return SfdFaceDetector(device=device, weights_dir=weights_dir, allow_download=allow_download)
-    raise ValueError(f"unknown detector {name!r}: expected one of {', '.join(DETECTORS)}")
+    raise ValueError('unknown detector %r: expected one of %s' % (name, ', '.join(DETECTORS)))
 
 
-def find_face(image: np.ndarray, detector: Detector, what: str = "image") -> np.ndarray:
+def find_face(image: np.ndarray, detector: Detector, what: str = 'image') -> np.ndarray:
     """The largest face box in ``image``; FaceToolsError naming ``what`` when there is none."""
     boxes = detector(image)
     if len(boxes) == 0:
-        raise FaceToolsError(f"no face found in {what}")
+        raise FaceToolsError('no face found in %s' % (what,))
     return boxes[0]
 
 
@@ -409,23 +409,23 @@ class FaceLandmarker:
         def local_file(url: str, *args, **kwargs) -> str:
             name = _file_name(url)
             if name not in paths:
-                raise FaceToolsError(f"face-alignment asked for {name}, which this tool does not "
-                                     f"provide: install the version in requirements-face.txt")
+                raise FaceToolsError('face-alignment asked for %s, which this tool does not '
+                                     'provide: install the version in requirements-face.txt' % (name,))
             return str(paths[name])
 
         self.device = device or _default_device()
-        landmarks_type = getattr(fa.LandmarksType, "TWO_D", None) or getattr(fa.LandmarksType, "_2D")
-        kwargs = dict(device=self.device, flip_input=flip_input, face_detector="sfd",
-                      face_detector_kwargs={"path_to_detector": str(paths[sfd_name])})
-        if "compile" in inspect.signature(fa.FaceAlignment).parameters:
-            kwargs["compile"] = False  # torch.compile costs minutes on CPU for a few frames
-        with mock.patch.object(fa.api, "load_file_from_url", local_file):
+        landmarks_type = getattr(fa.LandmarksType, 'TWO_D', None) or getattr(fa.LandmarksType, '_2D')
+        kwargs = dict(device=self.device, flip_input=flip_input, face_detector='sfd',
+                      face_detector_kwargs={'path_to_detector': str(paths[sfd_name])})
+        if 'compile' in inspect.signature(fa.FaceAlignment).parameters:
+            kwargs['compile'] = False  # torch.compile costs minutes on CPU for a few frames
+        with mock.patch.object(fa.api, 'load_file_from_url', local_file):
             self._fa = fa.FaceAlignment(landmarks_type, **kwargs)
 
     def __call__(self, frame: np.ndarray) -> Optional[Landmarks]:
-        _check_image(frame, "frame")
+        _check_image(frame, 'frame')
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "No faces were detected." on every empty frame
+            warnings.simplefilter('ignore')  # "No faces were detected." on every empty frame
             points, _, boxes = self._fa.get_landmarks_from_image(to_uint8(frame), return_bboxes=True)
         if not points:
             return None
@@ -441,7 +441,7 @@ def landmarks_for_frames(frames: Iterable[np.ndarray], device: Optional[str] = N
     from tqdm import tqdm
 
     landmarker = landmarker or FaceLandmarker(device=device, weights_dir=weights_dir)
-    return [landmarker(frame) for frame in tqdm(frames, desc="landmarks", disable=not progress)]
+    return [landmarker(frame) for frame in tqdm(frames, desc='landmarks', disable=not progress)]
 
 
 def normalize_landmarks(landmarks: Landmarks) -> np.ndarray:
@@ -450,7 +450,7 @@ def normalize_landmarks(landmarks: Landmarks) -> np.ndarray:
     kp = kp - kp.mean(axis=0, keepdims=True)
     area = convex_hull_area(kp[:, :2])
     if area <= 0:
-        raise ValueError("landmarks are degenerate (zero convex hull area)")
+        raise ValueError('landmarks are degenerate (zero convex hull area)')
     kp[:, :2] = kp[:, :2] / np.sqrt(area)
     return kp
 
@@ -463,7 +463,7 @@ def find_best_frame(source_landmarks: Optional[Landmarks],
     as the original ``--find_best_frame``). Frames without a face (None) are skipped.
     """
     if source_landmarks is None:
-        raise FaceToolsError("no face found in the source image, cannot find the best frame")
+        raise FaceToolsError('no face found in the source image, cannot find the best frame')
     source = normalize_landmarks(source_landmarks)
     best, best_distance = -1, np.inf
     for index, landmarks in enumerate(driving_landmarks_list):
@@ -473,7 +473,7 @@ def find_best_frame(source_landmarks: Optional[Landmarks],
         if distance < best_distance:
             best, best_distance = index, distance
     if best < 0:
-        raise FaceToolsError("no face found in any driving frame, cannot find the best frame")
+        raise FaceToolsError('no face found in any driving frame, cannot find the best frame')
     return best
 
 
@@ -483,7 +483,7 @@ def split_around(frames_count: int, best: int) -> tuple[list[int], list[int]]:
     Both start at ``best`` (the frame whose pose matches the source); see ``join_around``.
     """
     if not 0 <= best < frames_count:
-        raise ValueError(f"best frame {best} is outside 0..{frames_count - 1}")
+        raise ValueError('best frame %s is outside 0..%s' % (best, frames_count - 1))
     return list(range(best, frames_count)), list(range(best, -1, -1))
 
 
@@ -526,10 +526,10 @@ def akd(real_frames: Iterable[np.ndarray], generated_frames: Iterable[np.ndarray
         if real is sentinel and generated is sentinel:
             break
         if real is sentinel or generated is sentinel:
-            raise ValueError(f"real and generated videos differ in length (one ended after {frames} frames)")
+            raise ValueError('real and generated videos differ in length (one ended after %s frames)' % (frames,))
         if real.shape != generated.shape:
-            raise ValueError(f"frame {frames}: real {real.shape} and generated {generated.shape} "
-                             "differ in shape; landmarks in pixels would not be comparable")
+            raise ValueError('frame %s: real %s and generated %s differ in shape; landmarks in pixels would not be '
+                             'comparable' % (frames, real.shape, generated.shape))
         frames += 1
         kp_real = landmark_fn(real)
         if kp_real is None:
@@ -541,6 +541,6 @@ def akd(real_frames: Iterable[np.ndarray], generated_frames: Iterable[np.ndarray
             continue
         distances.append(float(np.linalg.norm(kp_real[:, :2] - kp_generated[:, :2], axis=1).mean()))
     with_face = frames - real_missing
-    return AKDResult(akd=float(np.mean(distances)) if distances else float("nan"),
-                     missing_ratio=generated_missing / with_face if with_face else float("nan"),
+    return AKDResult(akd=float(np.mean(distances)) if distances else float('nan'),
+                     missing_ratio=generated_missing / with_face if with_face else float('nan'),
                      frames=frames, pairs=len(distances), real_missing=real_missing)

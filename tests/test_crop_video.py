@@ -13,7 +13,7 @@ import crop_video  # noqa: E402
 import face  # noqa: E402
 from crop_video import main, plan_clips, track_faces  # noqa: E402
 
-FACE_VIDEO = ROOT.parent / "shared" / "data" / "faces-256" / "test" / "face-h.mp4"
+FACE_VIDEO = ROOT.parent / 'shared' / 'data' / 'faces-256' / 'test' / 'face-h.mp4'
 
 
 def box_at(x, y, size=100):
@@ -61,9 +61,9 @@ def test_short_track_and_small_face_make_no_clip():
     assert [(t.start, t.end) for t in tracks] == [(0, 59), (10, 12)]
     clips, rejected = plan_clips(tracks, (360, 480), min_frames=30, min_size=64)
     assert [c.track for c in clips] == [0]
-    assert rejected == ["track 1 (frames 10-12): 3 frames < --min_frames 30"]
+    assert rejected == ['track 1 (frames 10-12): 3 frames < --min_frames 30']
     clips, rejected = plan_clips(tracks[:1], (360, 480), min_frames=30, min_size=200)
-    assert not clips and "crop of 120 px < --min_size 200" in rejected[0]
+    assert not clips and 'crop of 120 px < --min_size 200' in rejected[0]
 
 
 def test_gap_tolerance():
@@ -84,8 +84,8 @@ def test_two_faces_keep_their_own_tracks():
 def test_track_box_union_and_mean():
     frames = [(0, box_at(0, 0)), (1, box_at(10, 0)), (2, box_at(20, 0))]
     [track] = track_faces(frames)
-    assert np.allclose(track.box("union"), [0, 0, 120, 100])
-    assert np.allclose(track.box("mean"), [10, 0, 110, 100])
+    assert np.allclose(track.box('union'), [0, 0, 120, 100])
+    assert np.allclose(track.box('mean'), [10, 0, 110, 100])
 
 
 # --------------------------------------------------------------------------- the CLI on a synthetic video
@@ -93,8 +93,8 @@ def test_track_box_union_and_mean():
 def _write_video(path, frames, fps=10):
     import imageio
 
-    with imageio.get_writer(str(path), format="FFMPEG", fps=fps, codec="libx264", quality=9,
-                            macro_block_size=2, ffmpeg_log_level="error") as writer:
+    with imageio.get_writer(str(path), format='FFMPEG', fps=fps, codec='libx264', quality=9,
+                            macro_block_size=2, ffmpeg_log_level='error') as writer:
         for frame in frames:
             writer.append_data(frame)
 
@@ -119,90 +119,90 @@ def synthetic_video(tmp_path):
     frames = [_square_frame(10 + i % 3, 30) for i in range(30)]
     frames += [_square_frame(100, 50) for _ in range(20)]
     frames += [np.full((120, 160, 3), 30, np.uint8)] * 3
-    path = tmp_path / "talk.mp4"
+    path = tmp_path / 'talk.mp4'
     _write_video(path, frames)
     return path
 
 
 def test_cli_writes_one_clip_per_track(synthetic_video, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(crop_video, "make_detector", lambda *a, **k: bright_blob_detector)
-    out_dir = tmp_path / "clips"
-    code = main(["--inp", str(synthetic_video), "--out_dir", str(out_dir), "--min_frames", "10",
-                 "--min_size", "32", "--image_shape", "64,64", "--quiet"])
+    monkeypatch.setattr(crop_video, 'make_detector', lambda *a, **k: bright_blob_detector)
+    out_dir = tmp_path / 'clips'
+    code = main(['--inp', str(synthetic_video), '--out_dir', str(out_dir), '--min_frames', '10',
+                 '--min_size', '32', '--image_shape', '64,64', '--quiet'])
     assert code == 0
     import imageio.v3 as iio
 
     names = sorted(p.name for p in out_dir.iterdir())
-    assert names == ["talk_0_0-29.mp4", "talk_1_30-49.mp4"]
+    assert names == ['talk_0_0-29.mp4', 'talk_1_30-49.mp4']
     first = np.stack(list(iio.imiter(out_dir / names[0])))
     second = np.stack(list(iio.imiter(out_dir / names[1])))
     assert first.shape == (30, 64, 64, 3) and second.shape == (20, 64, 64, 3)
-    assert iio.immeta(out_dir / names[0])["fps"] == pytest.approx(10)
+    assert iio.immeta(out_dir / names[0])['fps'] == pytest.approx(10)
     # The square fills the middle of every crop (40 px of a ~50 px crop).
     assert first[:, 24:40, 24:40, 0].mean() > 180 and second[:, 24:40, 24:40, 0].mean() > 180
     assert str(out_dir / names[0]) in capsys.readouterr().out
 
 
 def test_cli_default_out_dir_is_next_to_input(synthetic_video, monkeypatch):
-    monkeypatch.setattr(crop_video, "make_detector", lambda *a, **k: bright_blob_detector)
-    assert main(["--inp", str(synthetic_video), "--min_frames", "25", "--min_size", "32", "--quiet"]) == 0
-    assert sorted(p.name for p in synthetic_video.parent.glob("talk_*.mp4")) == ["talk_0_0-29.mp4"]
+    monkeypatch.setattr(crop_video, 'make_detector', lambda *a, **k: bright_blob_detector)
+    assert main(['--inp', str(synthetic_video), '--min_frames', '25', '--min_size', '32', '--quiet']) == 0
+    assert sorted(p.name for p in synthetic_video.parent.glob('talk_*.mp4')) == ['talk_0_0-29.mp4']
 
 
 def test_cli_says_why_nothing_was_written(synthetic_video, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(crop_video, "make_detector", lambda *a, **k: bright_blob_detector)
-    assert main(["--inp", str(synthetic_video), "--out_dir", str(tmp_path / "none"), "--quiet"]) == 0
+    monkeypatch.setattr(crop_video, 'make_detector', lambda *a, **k: bright_blob_detector)
+    assert main(['--inp', str(synthetic_video), '--out_dir', str(tmp_path / 'none'), '--quiet']) == 0
     err = capsys.readouterr().err
-    assert "30 frames < --min_frames 150" in err and "no clip written" in err
-    assert not (tmp_path / "none").exists()
+    assert '30 frames < --min_frames 150' in err and 'no clip written' in err
+    assert not (tmp_path / 'none').exists()
 
 
-@pytest.mark.parametrize("kind", ["missing", "folder", "not_a_video", "empty"])
+@pytest.mark.parametrize('kind', ['missing', 'folder', 'not_a_video', 'empty'])
 def test_cli_bad_input_is_one_line_and_exit_1(tmp_path, capsys, kind):
-    path = tmp_path / "input.mp4"
-    if kind == "folder":
+    path = tmp_path / 'input.mp4'
+    if kind == 'folder':
         path.mkdir()
-    elif kind == "not_a_video":
-        path.write_text("hello")
-    elif kind == "empty":
-        path.write_bytes(b"")
-    assert main(["--inp", str(path), "--detector", "haar", "--quiet"]) == 1
+    elif kind == 'not_a_video':
+        path.write_text('hello')
+    elif kind == 'empty':
+        path.write_bytes(b'')
+    assert main(['--inp', str(path), '--detector', 'haar', '--quiet']) == 1
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and str(path) in err and err.startswith("crop_video.py: error:")
+    assert '\n' not in err and str(path) in err and err.startswith('crop_video.py: error:')
 
 
 def test_cli_rejects_bad_image_shape(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["--inp", "x.mp4", "--image_shape", "255,256"])
-    assert exit_info.value.code == 2 and "HEIGHT,WIDTH" in capsys.readouterr().err
+        main(['--inp', 'x.mp4', '--image_shape', '255,256'])
+    assert exit_info.value.code == 2 and 'HEIGHT,WIDTH' in capsys.readouterr().err
 
 
 def test_help_shows_defaults(capsys):
     with pytest.raises(SystemExit):
-        main(["--help"])
+        main(['--help'])
     text = capsys.readouterr().out
-    for flag, default in [("--increase", "0.1"), ("--iou_with_initial", "0.25"),
-                          ("--min_frames", "150"), ("--detector", "face_alignment"),
-                          ("--image_shape", "256,256")]:
-        assert flag in text and f"(default: {default})" in text
-    assert "(default: None)" not in text and "(default: False)" not in text
+    for flag, default in [('--increase', '0.1'), ('--iou_with_initial', '0.25'),
+                          ('--min_frames', '150'), ('--detector', 'face_alignment'),
+                          ('--image_shape', '256,256')]:
+        assert flag in text and '(default: %s)' % (default,) in text
+    assert '(default: None)' not in text and '(default: False)' not in text
 
 
 # --------------------------------------------------------------------------- real detectors
 
 @pytest.mark.skipif(not face.haar_available(),
-                    reason="OpenCV with Haar cascades not installed (needs "
-                           "opencv-python-headless>=4.8,<5; OpenCV 5 dropped cv2.CascadeClassifier)")
+                    reason='OpenCV with Haar cascades not installed (needs '
+                           'opencv-python-headless>=4.8,<5; OpenCV 5 dropped cv2.CascadeClassifier)')
 def test_haar_cli_on_a_real_face_video(tmp_path):
     if not FACE_VIDEO.is_file():
-        pytest.skip(f"{FACE_VIDEO} absent (shared data not laid out here)")
-    assert main(["--inp", str(FACE_VIDEO), "--detector", "haar", "--out_dir", str(tmp_path),
-                 "--detect_every", "3", "--min_frames", "100", "--quiet"]) == 0
+        pytest.skip('%s absent (shared data not laid out here)' % (FACE_VIDEO,))
+    assert main(['--inp', str(FACE_VIDEO), '--detector', 'haar', '--out_dir', str(tmp_path),
+                 '--detect_every', '3', '--min_frames', '100', '--quiet']) == 0
     import imageio.v3 as iio
 
-    clips = sorted(tmp_path.glob("face-h_*.mp4"))
+    clips = sorted(tmp_path.glob('face-h_*.mp4'))
     assert len(clips) >= 1
-    start, end = (int(v) for v in clips[0].stem.rsplit("_", 1)[1].split("-"))
+    start, end = (int(v) for v in clips[0].stem.rsplit('_', 1)[1].split('-'))
     frames = np.stack(list(iio.imiter(clips[0])))
     assert frames.shape == (end - start + 1, 256, 256, 3)
     # The detector still sees a face in the crop, near its middle.
@@ -210,12 +210,12 @@ def test_haar_cli_on_a_real_face_video(tmp_path):
     assert box[0] < 128 < box[2] and box[1] < 128 < box[3]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("face_alignment") is None,
-                    reason="face-alignment not installed (optional: requirements-face.txt)")
+@pytest.mark.skipif(importlib.util.find_spec('face_alignment') is None,
+                    reason='face-alignment not installed (optional: requirements-face.txt)')
 def test_face_alignment_cli_offline_is_one_line(tmp_path, monkeypatch, capsys, synthetic_video):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
     monkeypatch.delenv(face.FA_WEIGHTS_ENV, raising=False)
-    assert main(["--inp", str(synthetic_video), "--detector", "face_alignment", "--cpu",
-                 "--offline", "--quiet"]) == 1
+    assert main(['--inp', str(synthetic_video), '--detector', 'face_alignment', '--cpu',
+                 '--offline', '--quiet']) == 1
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "s3fd" in err and "$TORCH_HOME/hub/checkpoints" in err
+    assert '\n' not in err and 's3fd' in err and '$TORCH_HOME/hub/checkpoints' in err

@@ -14,38 +14,38 @@ from face import (CropGeometry, FaceToolsError, akd, convex_hull_area, crop_face
                   feather_mask, find_best_frame, join_around, normalize_landmarks, paste_back,
                   split_around, square_box)
 
-SOURCES = ROOT.parent / "shared" / "data" / "sources"
-HAS_FA = importlib.util.find_spec("face_alignment") is not None
+SOURCES = ROOT.parent / 'shared' / 'data' / 'sources'
+HAS_FA = importlib.util.find_spec('face_alignment') is not None
 needs_haar = pytest.mark.skipif(
     not face.haar_available(),
-    reason="OpenCV with Haar cascades not installed (needs opencv-python-headless>=4.8,<5; "
-           "OpenCV 5 dropped cv2.CascadeClassifier)")
-needs_fa = pytest.mark.skipif(not HAS_FA, reason="face-alignment not installed "
-                                                 "(optional: requirements-face.txt)")
+    reason='OpenCV with Haar cascades not installed (needs opencv-python-headless>=4.8,<5; '
+           'OpenCV 5 dropped cv2.CascadeClassifier)')
+needs_fa = pytest.mark.skipif(not HAS_FA, reason='face-alignment not installed '
+                                                 '(optional: requirements-face.txt)')
 
 # Face centres marked by hand on each photo, as fractions of (width, height).
 FACE_CENTRES = {
-    "cartoon-boy.jpg": (0.50, 0.52), "painting-boy.jpg": (0.50, 0.35),
-    "painting-mona.jpg": (0.50, 0.25), "painting-pearl.jpg": (0.46, 0.45),
-    "photo-woman.jpg": (0.45, 0.58), "statue.jpg": (0.51, 0.43),
+    'cartoon-boy.jpg': (0.50, 0.52), 'painting-boy.jpg': (0.50, 0.35),
+    'painting-mona.jpg': (0.50, 0.25), 'painting-pearl.jpg': (0.46, 0.45),
+    'photo-woman.jpg': (0.45, 0.58), 'statue.jpg': (0.51, 0.43),
 }
 
 
 # --------------------------------------------------------------------------- Haar on real photos
 
 @needs_haar
-@pytest.mark.parametrize("name", sorted(FACE_CENTRES))
+@pytest.mark.parametrize('name', sorted(FACE_CENTRES))
 def test_haar_finds_face_and_crop_contains_it(name):
     path = SOURCES / name
     if not path.is_file():
-        pytest.skip(f"{path} absent (shared data not laid out here)")
+        pytest.skip('%s absent (shared data not laid out here)' % (path,))
     import imageio.v3 as iio
 
     image = iio.imread(path)[..., :3]
     height, width = image.shape[:2]
     box = face.find_face(image, face.HaarFaceDetector(), what=name)
     cx, cy = FACE_CENTRES[name][0] * width, FACE_CENTRES[name][1] * height
-    assert box[0] < cx < box[2] and box[1] < cy < box[3], f"{name}: box {box} misses the face at {(cx, cy)}"
+    assert box[0] < cx < box[2] and box[1] < cy < box[3], '%s: box %s misses the face at %s' % (name, box, (cx, cy))
     assert 0.1 * width < box[2] - box[0] < 0.9 * width
     crop, geometry = crop_face(image, box, 256, increase=0.1)
     assert crop.shape == (256, 256, 3) and crop.dtype == np.uint8
@@ -64,7 +64,7 @@ def test_square_box_grows_centres_and_stays_inside():
     # Larger than the image: shrunk to the image's shorter side.
     g = square_box((0, 0, 640, 480), (480, 640), increase=0.1)
     assert g.size == 480 and 0 <= g.left <= 160 and g.top == 0
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match='empty'):
         square_box((10, 10, 10, 20), (100, 100))
 
 
@@ -75,7 +75,7 @@ def test_crop_face_keeps_dtype_and_content():
     assert crop.dtype == np.float32 and crop.shape == (64, 64, 3)
     assert geometry == CropGeometry(150, 100, 100, 300, 400)
     assert crop.min() > 0.99  # exactly the white square
-    with pytest.raises(ValueError, match="RGB"):
+    with pytest.raises(ValueError, match='RGB'):
         crop_face(np.zeros((10, 10)), (0, 0, 5, 5))
 
 
@@ -88,11 +88,11 @@ def test_feather_mask_is_zero_on_border_and_one_inside():
     assert np.all(mask[10:90, 10:90] == 1.0)
     assert np.all(np.diff(mask[50, :50]) >= 0)  # ramps up monotonically
     assert np.all(feather_mask(8, 0.0) == 1.0)
-    with pytest.raises(ValueError, match="feather"):
+    with pytest.raises(ValueError, match='feather'):
         feather_mask(10, 0.7)
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+@pytest.mark.parametrize('dtype', [np.uint8, np.float32])
 def test_paste_back_changes_only_the_feathered_square(dtype):
     rng = np.random.default_rng(0)
     full = rng.integers(0, 256, (300, 420, 3)).astype(np.uint8)
@@ -121,7 +121,7 @@ def test_paste_back_changes_only_the_feathered_square(dtype):
 def test_paste_back_rejects_another_photo():
     full = np.zeros((100, 120, 3), np.uint8)
     _, geometry = crop_face(full, (10, 10, 50, 50))
-    with pytest.raises(ValueError, match="120x100"):
+    with pytest.raises(ValueError, match='120x100'):
         paste_back(np.zeros((100, 100, 3), np.uint8), np.zeros((64, 64, 3), np.uint8), geometry)
 
 
@@ -140,7 +140,7 @@ def test_convex_hull_area():
     square = np.array([[0, 0], [2, 0], [2, 2], [0, 2], [1, 1], [0.5, 1.5]])
     assert convex_hull_area(square) == pytest.approx(4.0)
     points = np.random.default_rng(1).normal(size=(68, 2))
-    scipy_spatial = pytest.importorskip("scipy.spatial")
+    scipy_spatial = pytest.importorskip('scipy.spatial')
     assert convex_hull_area(points) == pytest.approx(scipy_spatial.ConvexHull(points).volume)
 
 
@@ -162,9 +162,9 @@ def test_find_best_frame_ignores_scale_and_position():
 
 def test_find_best_frame_errors():
     rng = np.random.default_rng(0)
-    with pytest.raises(FaceToolsError, match="source"):
+    with pytest.raises(FaceToolsError, match='source'):
         find_best_frame(None, [_face_landmarks(rng)])
-    with pytest.raises(FaceToolsError, match="driving"):
+    with pytest.raises(FaceToolsError, match='driving'):
         find_best_frame(_face_landmarks(rng), [None, None])
 
 
@@ -172,8 +172,8 @@ def test_split_and_join_around_best_frame():
     forward, backward = split_around(6, 2)
     assert forward == [2, 3, 4, 5] and backward == [2, 1, 0]
     # Animating is per frame here; joining must give every frame once, in video order.
-    assert join_around([f"f{i}" for i in forward], [f"f{i}" for i in backward]) == \
-        [f"f{i}" for i in range(6)]
+    assert join_around(['f%s' % (i,) for i in forward], ['f%s' % (i,) for i in backward]) == \
+        ['f%s' % (i,) for i in range(6)]
     with pytest.raises(ValueError):
         split_around(3, 3)
 
@@ -201,22 +201,22 @@ def test_akd_distance_and_missing_ratio():
     assert result.akd == pytest.approx(5.0)
     assert (result.frames, result.pairs, result.real_missing) == (5, 3, 1)
     assert result.missing_ratio == pytest.approx(1 / 4)
-    with pytest.raises(ValueError, match="length"):
+    with pytest.raises(ValueError, match='length'):
         akd([frame(0, 0)], [], landmark_fn)
 
 
 # --------------------------------------------------------------------------- face-alignment
 
 def test_missing_face_alignment_is_one_clear_line(monkeypatch):
-    monkeypatch.setitem(sys.modules, "face_alignment", None)  # import fails as if absent
-    with pytest.raises(FaceToolsError, match="face-alignment is not installed") as err:
-        face.make_detector("face_alignment", device="cpu")
-    assert "\n" not in str(err.value) and "requirements-face.txt" in str(err.value)
-    assert "--detector haar" in str(err.value)
+    monkeypatch.setitem(sys.modules, 'face_alignment', None)  # import fails as if absent
+    with pytest.raises(FaceToolsError, match='face-alignment is not installed') as err:
+        face.make_detector('face_alignment', device='cpu')
+    assert '\n' not in str(err.value) and 'requirements-face.txt' in str(err.value)
+    assert '--detector haar' in str(err.value)
     # landmarks (best frame, AKD) cannot come from the Haar detector: the hint says what can be done
-    with pytest.raises(FaceToolsError, match="face-alignment is not installed") as err:
-        face.FaceLandmarker(device="cpu")
-    assert "--best_frame" in str(err.value) and "haar" not in str(err.value)
+    with pytest.raises(FaceToolsError, match='face-alignment is not installed') as err:
+        face.FaceLandmarker(device='cpu')
+    assert '--best_frame' in str(err.value) and 'haar' not in str(err.value)
 
 
 def _no_network(monkeypatch):
@@ -226,26 +226,26 @@ def _no_network(monkeypatch):
     import torch
 
     def refuse(url, *args, **kwargs):
-        raise urllib.error.URLError("network disabled in tests")
+        raise urllib.error.URLError('network disabled in tests')
 
-    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', refuse)
 
 
 @needs_fa
-@pytest.mark.parametrize("allow_download", [False, True])
+@pytest.mark.parametrize('allow_download', [False, True])
 def test_offline_error_names_files_and_folder(tmp_path, monkeypatch, allow_download):
     _no_network(monkeypatch)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
     monkeypatch.delenv(face.FA_WEIGHTS_ENV, raising=False)
     with pytest.raises(FaceToolsError) as err:
-        face.FaceLandmarker(device="cpu", allow_download=allow_download)
+        face.FaceLandmarker(device='cpu', allow_download=allow_download)
     message = str(err.value)
     names = [face._file_name(u) for u in face.fa_weight_urls(landmarks=True)]
-    assert "\n" not in message
+    assert '\n' not in message
     assert all(name in message for name in names)
-    assert str(tmp_path / "torch" / "hub" / "checkpoints") in message
-    assert "$TORCH_HOME/hub/checkpoints" in message and "--fa_weights_dir" in message
-    assert ("download failed" in message) == allow_download
+    assert str(tmp_path / 'torch' / 'hub' / 'checkpoints') in message
+    assert '$TORCH_HOME/hub/checkpoints' in message and '--fa_weights_dir' in message
+    assert ('download failed' in message) == allow_download
 
 
 def _write_random_fa_weights(directory: Path) -> None:
@@ -263,12 +263,12 @@ def _write_random_fa_weights(directory: Path) -> None:
     torch.manual_seed(0)
     state = s3fd().state_dict()
     for key, value in state.items():
-        if "_mbox_" in key:
+        if '_mbox_' in key:
             state[key] = torch.zeros_like(value)
-        if key.endswith("_mbox_conf.bias"):
+        if key.endswith('_mbox_conf.bias'):
             logits = torch.full_like(value, 5.0)
-            logits[-1] = 5.0 if key.startswith("conv7_2") else -5.0  # the face channel
-            logits[:-1] = -5.0 if key.startswith("conv7_2") else 5.0
+            logits[-1] = 5.0 if key.startswith('conv7_2') else -5.0  # the face channel
+            logits[:-1] = -5.0 if key.startswith('conv7_2') else 5.0
             state[key] = logits
     half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     torch.save(half, directory / face._file_name(sfd_url))  # half precision: half the disk
@@ -276,9 +276,9 @@ def _write_random_fa_weights(directory: Path) -> None:
     torch.save(fan, directory / face._file_name(fan_url))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def random_fa_weights(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("fa_weights")
+    directory = tmp_path_factory.mktemp('fa_weights')
     _write_random_fa_weights(directory)
     return directory
 
@@ -286,13 +286,13 @@ def random_fa_weights(tmp_path_factory):
 @needs_fa
 def test_face_alignment_loads_from_torch_home_without_network(random_fa_weights, tmp_path, monkeypatch):
     _no_network(monkeypatch)
-    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
+    checkpoints = tmp_path / 'torch' / 'hub' / 'checkpoints'
     checkpoints.mkdir(parents=True)
     for path in random_fa_weights.iterdir():
         (checkpoints / path.name).symlink_to(path)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
     monkeypatch.delenv(face.FA_WEIGHTS_ENV, raising=False)
-    detector = face.make_detector("face_alignment", device="cpu", allow_download=False)
+    detector = face.make_detector('face_alignment', device='cpu', allow_download=False)
     boxes = detector(np.full((128, 128, 3), 120, np.uint8))
     assert boxes.shape == (1, 4)
 
@@ -301,7 +301,7 @@ def test_face_alignment_loads_from_torch_home_without_network(random_fa_weights,
 def test_face_alignment_landmarks_with_random_weights(random_fa_weights, monkeypatch):
     _no_network(monkeypatch)
     monkeypatch.setenv(face.FA_WEIGHTS_ENV, str(random_fa_weights))  # a folder of our choosing
-    landmarker = face.FaceLandmarker(device="cpu", flip_input=False, allow_download=False)
+    landmarker = face.FaceLandmarker(device='cpu', flip_input=False, allow_download=False)
     frame = (np.random.default_rng(0).random((128, 128, 3))).astype(np.float32)
     [points] = face.landmarks_for_frames([frame], landmarker=landmarker, progress=False)
     assert points.shape == (68, 2) and np.all(np.isfinite(points))
