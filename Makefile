@@ -15,4 +15,4 @@ demo: install
 		--result_video result.mp4 --preview result-preview.mp4 --relative --device cpu
 
 test: install
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q -rs tests

@@ -15,10 +15,14 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 def shared_path(*parts) -> Path:
-    """A path under ../shared, or skip the test with the reason."""
+    """A path under ../shared, or skip the test with the reason; where the CI environment variable
+    is set the shared folder must be there, so its absence fails instead (no silent skips in CI)."""
     p = SHARED.joinpath(*parts)
     if not p.exists():
-        pytest.skip('needs %s (the shared fixtures/data folder beside the repository); absent here' % p)
+        reason = 'needs %s (the shared fixtures/data folder beside the repository); absent here' % p
+        if os.environ.get('CI'):
+            pytest.fail(reason + ' (CI is set: the shared folder must be present)')
+        pytest.skip(reason)
     return p
 
 

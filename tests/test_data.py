@@ -223,18 +223,24 @@ def test_training_sample_decodes_only_needed_frames(tmp_path, monkeypatch):
     assert (video_io.decode_stats['decoded'] - before) / 10 < 0.9 * 240
 
 
-def test_frame_cache_gives_identical_items(shapes):
+def test_frame_cache_gives_identical_items(shapes, monkeypatch):
+    import frames_dataset
     kw = dict(frame_shape=SHAPE, is_train=True, augmentation_params=VOX_AUG, random_seed=3)
     a = FramesDataset(shapes, cache_mb=0, **kw)
     b = FramesDataset(shapes, cache_mb=64, **kw)
-    before = video_io.decode_stats['processes']
+    found = []
+    get = frames_dataset._FrameCache.get
+    monkeypatch.setattr(frames_dataset._FrameCache, 'get', lambda self, name, idx: found.append(
+        get(self, name, idx) is not None) or get(self, name, idx))
     for _ in range(4):
         for i in range(len(a)):
             x, y = a[i], b[i]
             assert x['name'] == y['name']
             np.testing.assert_array_equal(x['driving'], y['driving'])
             np.testing.assert_array_equal(x['source'], y['source'])
-    assert b._cache.used > 0 and video_io.decode_stats['processes'] - before < 2 * 4 * len(a)
+    # 16 items from 4 eight-frame videos: every video is decoded on first touch, and later items
+    # are served from the cache (7 of 16 with these seeds), with identical content
+    assert b._cache.used > 0 and len(found) == 4 * len(a) and sum(found) >= len(a), found
     tiny = FramesDataset(shapes, cache_mb=0.01, **kw)  # a video bigger than the budget: not cached
     x, y = FramesDataset(shapes, cache_mb=0, **kw)[0], tiny[0]
     np.testing.assert_array_equal(x['driving'], y['driving'])

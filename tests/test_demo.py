@@ -15,6 +15,7 @@ sys.path.insert(0, str(ROOT))
 import demo  # noqa: E402
 from baseline import per_frame_animation  # noqa: E402
 from inference import load_networks  # noqa: E402
+from test_inference import tiny_networks  # noqa: E402
 
 TINY = str(ROOT / 'tests' / 'tiny.yaml')
 
@@ -40,8 +41,7 @@ def files(tmp_path_factory):
     sources: an RGBA non-square PNG, a grayscale PNG and a 16-bit PNG."""
     import cv2
     folder = tmp_path_factory.mktemp('demo')
-    torch.manual_seed(0)
-    generator, kp_detector, _ = load_networks(TINY, None)
+    generator, kp_detector, _ = tiny_networks()  # outputs that depend on source and motion
     torch.save({'generator': generator.state_dict(), 'kp_detector': kp_detector.state_dict(), 'epoch': 1},
                folder / 'tiny.pth.tar')
     for name, audio_seconds in (('driving.mp4', 2.0), ('short-audio.mp4', 1.1)):
@@ -86,22 +86,60 @@ def test_demo_audio_shorter_than_video_keeps_every_frame(files, tmp_path):
     assert probe_video(out).num_frames == 14
 
 
+def frames_of(path):
+    from video_io import open_video
+    return list(open_video(path))
+
+
+def engine_output(files, source, fit_mode, initial_index=None, relative=False):
+    """What demo.py must write: the engine fed the source and the driving frames fitted the same way."""
+    from images import fit
+    from inference import AnimationEngine
+    engine = AnimationEngine.from_checkpoint(TINY, str(files / 'tiny.pth.tar'), device='cpu', precision='fp32',
+                                             batch_size=4)
+    driving = [fit(f, (64, 64), fit_mode) for f in frames_of(files / 'driving.mp4')]
+    engine.set_source(fit(source, (64, 64), fit_mode))
+    initial = driving[initial_index] if initial_index is not None else None
+    return np.stack(list(engine.animate(driving, relative=relative, initial_frame=initial))), driving
+
+
 @pytest.mark.parametrize('source', ['gray.png', 'deep.png'])
 def test_demo_sources_no_audio_and_crop_fit(files, tmp_path, source):
-    out = tmp_path / 'result.mp4'
-    assert demo.main(args_for(files, out, '--no_audio', '--fit', 'crop', '--best_frame', '3', source=source)) == 0
-    assert out.is_file() and not re.search(r'Audio', streams(out))
+    """--fit crop and --best_frame checked on content: the frames (PNG, lossless) are the engine's
+    output for the centre-cropped source and driving frames, relative to driving frame 3."""
+    from images import read_image
+    out, video = tmp_path / 'result.png', tmp_path / 'result.mp4'
+    extra = ('--no_audio', '--fit', 'crop', '--best_frame', '3', '--relative', '--precision', 'fp32')
+    assert demo.main(args_for(files, out, *extra, source=source)) == 0
+    expected, _ = engine_output(files, read_image(files / source), 'crop', initial_index=3, relative=True)
+    np.testing.assert_array_equal(np.stack(frames_of(out)), expected)
+    stretched, _ = engine_output(files, read_image(files / source), 'resize', initial_index=3, relative=True)
+    from_first, _ = engine_output(files, read_image(files / source), 'crop', initial_index=0, relative=True)
+    # the check can fail: a stretched source or another initial frame gives other frames
+    assert (stretched != expected).any() and (from_first != expected).any()
+    assert demo.main(args_for(files, video, *extra, source=source)) == 0
+    assert video.is_file() and not re.search(r'Audio', streams(video))
 
 
-def test_demo_png_and_gif_output(files, tmp_path):
-    from video_io import probe_video
-    out = tmp_path / 'frames.png'  # a folder of numbered PNG frames
-    assert demo.main(args_for(files, out, '--precision', 'fp32')) == 0
+def test_demo_png_gif_and_preview_content(files, tmp_path):
+    from images import read_image
+    out, preview, gif = tmp_path / 'frames.png', tmp_path / 'side.png', tmp_path / 'result.gif'
+    assert demo.main(args_for(files, out, '--precision', 'fp32', '--preview', str(preview))) == 0
     assert out.is_dir() and len([f for f in os.listdir(out) if f.endswith('.png')]) == 14
-    # a GIF is written; its frame count is not checked: Pillow merges identical consecutive
-    # frames, and a random tiny model makes near-identical ones
-    assert demo.main(args_for(files, tmp_path / 'result.gif')) == 0
-    assert probe_video(tmp_path / 'result.gif').num_frames >= 1
+    result = np.stack(frames_of(out))
+    expected, driving = engine_output(files, read_image(files / 'rgba.png'), 'resize')
+    np.testing.assert_array_equal(result, expected)
+    side = np.stack(frames_of(preview))  # source | driving | result, at the model's size
+    from images import fit
+    assert side.shape == (14, 64, 3 * 64, 3)
+    np.testing.assert_array_equal(side[:, :, :64], np.broadcast_to(fit(read_image(files / 'rgba.png'), (64, 64)),
+                                                                    (14, 64, 64, 3)))
+    np.testing.assert_array_equal(side[:, :, 64:128], np.stack(driving))
+    np.testing.assert_array_equal(side[:, :, 128:], result)
+    # a GIF: Pillow merges identical consecutive frames, so compare the first one (palette error only)
+    assert demo.main(args_for(files, gif, '--precision', 'fp32')) == 0
+    first = frames_of(gif)[0]
+    assert np.abs(first.astype(int) - result[0]).mean() < 4
 
 
 def run_cli(*args):
@@ -179,18 +217,33 @@ def test_original_api(files):
 
 
 def test_crop_source_paste_back(files, tmp_path):
-    """A face cut from a portrait, animated, pasted back: the video has the photo's size."""
+    """A face cut from a portrait, animated, pasted back: the crop's frames are the engine's output
+    on the cropped face; pasted back, the video has the photo's size and every pixel outside the
+    face square is the photo's (exactly in PNG frames, within codec error in mp4)."""
     import face
-    from video_io import probe_video, read_image
+    from images import read_image
     photo = ROOT.parent / 'shared' / 'data' / 'sources' / 'photo-woman.jpg'
     if not photo.exists():
         pytest.skip('needs %s' % photo)
     if not face.haar_available():
         pytest.skip('the haar detector needs OpenCV 4.x')
-    out = tmp_path / 'pasted.mp4'
-    args = args_for(files, out, '--crop_source', '--paste_back', '--relative')
+    image = read_image(photo)
+    crop, geometry = face.crop_face(image, face.find_face(image, face.make_detector('haar')), (64, 64))
+    args = args_for(files, tmp_path / 'crop.png', '--crop_source', '--relative', '--precision', 'fp32')
     args[args.index('--source_image') + 1] = str(photo)
     assert demo.main(args) == 0
-    h, w = read_image(photo).shape[:2]
-    info = probe_video(out)
-    assert (info.height, info.width, info.num_frames) == (h + h % 2, w + w % 2, 14)
+    expected, _ = engine_output(files, crop, 'resize', relative=True)
+    np.testing.assert_array_equal(np.stack(frames_of(tmp_path / 'crop.png')), expected)
+
+    x0, y0, x1, y1 = geometry.box
+    outside = np.ones(image.shape[:2], bool)
+    outside[y0:y1, x0:x1] = False
+    h, w = image.shape[:2]
+    for name, tolerance in (('pasted.png', 0), ('pasted.mp4', 3.0)):
+        args[args.index('--result_video') + 1] = str(tmp_path / name)
+        assert demo.main(args + ['--paste_back']) == 0
+        frames = np.stack(frames_of(tmp_path / name))[:, :h, :w].astype(int)
+        assert frames.shape == (14, h, w, 3)
+        error = np.abs(frames - image.astype(int))[:, outside]
+        assert error.mean() <= tolerance, (name, error.mean())
+        assert np.abs(frames[:, y0:y1, x0:x1] - image[y0:y1, x0:x1].astype(int)).mean() > 1  # the face moved

@@ -213,7 +213,7 @@ def test_bf16_close_to_fp32(nets):
     engine.set_source(source)
     got = list(engine.animate(frames, output='float'))
     mse = np.mean([(g.astype(np.float64) - e) ** 2 for g, e in zip(got, expected)])
-    assert 10 * np.log10(1 / mse) > 30
+    assert 10 * np.log10(1 / mse) > 55  # measured 65.4 dB here (AVX512-BF16); 10 dB margin
 
 
 def test_stream_extras_and_errors(nets):

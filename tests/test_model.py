@@ -39,7 +39,7 @@ def test_equivalence_with_reference_tensors():
                          timeout=600)
     last = res.stdout.strip().splitlines()[-1]
     n, m = last.split()[0].split('/')
-    assert res.returncode == 0 and n == m and int(m) > 100, res.stdout + res.stderr
+    assert res.returncode == 0 and n == m == '120', res.stdout + res.stderr  # every reference tensor
 
 
 @pytest.mark.parametrize('name', PUBLISHED)
@@ -205,10 +205,11 @@ def test_bf16_autocast_full_model_close_to_fp32():
             kps16, kpd16 = kp(x['source']), kp(x['driving'])
             out = gen(x['source'], kp_source=kps16, kp_driving=kpd16)
     assert kps16['value'].dtype == torch.float32  # coordinates stay float32
-    assert (kps16['value'] - kps['value']).abs().max() < 0.05
+    # measured here: keypoints 2.0e-4, prediction mean 6.0e-4 / max 2.0e-3; bounds 5x those
+    assert (kps16['value'] - kps['value']).abs().max() < 1e-3
     assert out['prediction'].dtype == torch.bfloat16
     err = (out['prediction'].float() - ref['prediction']).abs()
-    assert err.mean() < 0.02 and err.max() < 0.15, (err.mean(), err.max())
+    assert err.mean() < 3e-3 and err.max() < 1e-2, (err.mean(), err.max())
 
 
 def test_bf16_training_losses_close_to_fp32(seeded_torch_home):
@@ -226,8 +227,9 @@ def test_bf16_training_losses_close_to_fp32(seeded_torch_home):
         low, _ = full(x)
     for k in ref:
         assert torch.isfinite(low[k]).all()
-        # the GAN terms are squares of small discriminator outputs: judged on an absolute scale
-        assert abs(low[k].item() - ref[k].item()) <= 0.02 * abs(ref[k].item()) + 0.1, k
+        # measured here: perceptual 0.12%, feature matching 0.29%, equivariance 0.75% / 0.04% relative;
+        # gen_gan (a square of small discriminator outputs) 0.042 absolute: bound 1% + 0.06
+        assert abs(low[k].item() - ref[k].item()) <= 0.01 * abs(ref[k].item()) + 0.06, k
 
 
 def test_one_training_step_changes_weights_and_lowers_loss(seeded_torch_home):

@@ -1,0 +1,170 @@
+"""run.py's multi-process and device paths, precision choice, reduced-precision training steps, and
+the VGG19 weight files, each checked through the code users run."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT
+from checkpoint import read_checkpoint
+from synthetic import write_dataset
+
+TINY = ROOT / 'tests' / 'tiny.yaml'
+
+
+@pytest.fixture(scope='module')
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp('shapes')
+    write_dataset(str(root), size=64, num_train=4, num_test=2, frames=8, seed=0, progress=False)
+    return root
+
+
+def tiny_config(tmp_path, root) -> str:
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg['dataset_params']['root_dir'] = str(root)
+    path = tmp_path / 'tiny.yaml'
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def torchrun(*args, env_extra=None, timeout=300):
+    env = dict(os.environ, OMP_NUM_THREADS='1', **(env_extra or {}))
+    return subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+                           str(ROOT / 'run.py'), *args], capture_output=True, text=True, timeout=timeout, env=env,
+                          cwd=str(ROOT))
+
+
+def test_torchrun_two_cpu_processes_through_run_py(tmp_path, shapes, seeded_torch_home):
+    cfg, log_dir = tiny_config(tmp_path, shapes), tmp_path / 'log'
+    res = torchrun('--config', cfg, '--log_dir', str(log_dir), '--num_workers', '0', '--max_steps', '2')
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = [p for p in log_dir.iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs  # one run folder, written by rank 0 only
+    assert res.stdout.strip().splitlines()[-1] == str(runs[0])
+    # 4 videos over 2 processes at batch 2: one step per epoch per process, so two epochs
+    saved = sorted(p.name for p in (runs[0] / 'checkpoints').iterdir())
+    assert saved == ['00000000-checkpoint.pth.tar', '00000001-checkpoint.pth.tar'], saved
+    state = read_checkpoint(str(runs[0] / 'checkpoints' / saved[-1]))
+    # each process stepped twice: Adam's step count is 2, not 4 (gradients are averaged, not summed)
+    assert max(s['step'] for s in state['optimizer_generator']['state'].values()) == 2
+    assert [l.split(')')[0] for l in (runs[0] / 'log.txt').read_text().splitlines()] == ['00000000', '00000001']
+
+
+def test_sync_bn_on_cpu_processes_stops_at_start_with_one_line(tmp_path, shapes):
+    cfg, log_dir = tiny_config(tmp_path, shapes), tmp_path / 'log'
+    res = torchrun('--config', cfg, '--log_dir', str(log_dir), '--num_workers', '0', '--sync_bn')
+    assert res.returncode != 0
+    errors = [l for l in res.stderr.splitlines() if l.startswith('error: ')]
+    assert errors and all('--sync_bn' in l and 'CUDA' in l for l in errors), res.stderr[-2000:]
+    assert not log_dir.exists()  # stopped before any run folder
+
+
+def test_device_ids_relaunch_arguments():
+    import run
+    argv = ['--config', 'c.yaml', '--device_ids', '0,1,3', '--verbose', '--device_ids=2', '--seed', '4']
+    command, env = run.torchrun_command('0,1,3', argv)
+    assert command[:2] == [sys.executable, '-m'] and command[2] == 'torch.distributed.run'
+    assert command[command.index('--nproc_per_node') + 1] == '3' and '--standalone' in command
+    script = command.index(str(ROOT / 'run.py'))
+    assert command[script + 1:] == ['--config', 'c.yaml', '--verbose', '--seed', '4']  # both --device_ids forms dropped
+    assert env['CUDA_VISIBLE_DEVICES'] == '0,1,3'
+
+
+@pytest.mark.parametrize('cuda_bf16, cpu_bf16, device, training, want', [
+    (True, False, 'cuda', False, 'bf16'), (False, False, 'cuda', False, 'fp16'), (True, False, 'cuda', True, 'bf16'),
+    (False, True, 'cpu', False, 'bf16'), (False, True, 'cpu', True, 'fp32'), (False, False, 'cpu', False, 'fp32'),
+])
+def test_resolve_precision_on_each_kind_of_machine(monkeypatch, cuda_bf16, cpu_bf16, device, training, want):
+    import runtime
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda *a, **k: cuda_bf16)
+    monkeypatch.setattr(runtime, 'cpu_has_native_bf16', lambda: cpu_bf16)
+    device = torch.device(device)
+    assert runtime.resolve_precision('auto', device, training=training) == want
+    assert runtime.resolve_precision('fp32', device) == 'fp32'
+    if device.type == 'cpu':
+        with pytest.raises(ValueError, match='--precision: fp16 is for CUDA'):
+            runtime.resolve_precision('fp16', device)
+    with pytest.raises(ValueError, match="--precision: 'int8'"):
+        runtime.resolve_precision('int8', device)
+
+
+def test_cpu_bf16_detection_reads_cpuinfo(monkeypatch, tmp_path):
+    import builtins
+
+    import runtime
+    real_open = builtins.open
+    for flags, want in (('fpu avx512f avx512_bf16 sse', True), ('fpu amx_bf16 amx_tile', True), ('fpu avx2 sse', False)):
+        info = tmp_path / 'cpuinfo'
+        info.write_text('processor : 0\nflags : %s\n' % flags)
+        monkeypatch.setattr(builtins, 'open', lambda p, *a, **k: real_open(info if p == '/proc/cpuinfo' else p, *a, **k))
+        assert runtime.cpu_has_native_bf16() is want
+
+
+@pytest.mark.parametrize('precision', ['bf16', 'fp16'])
+def test_training_step_in_reduced_precision(precision, seeded_torch_home, one_thread):
+    """train.train_step under autocast (fp16 with a GradScaler): finite losses close to fp32's on the
+    same batch and weights, and the weights move (fp16: once the scaler's scale no longer makes the
+    gradients overflow; it skips those steps)."""
+    from config import load_config
+    from modules.model import DiscriminatorFullModel, GeneratorFullModel, build_networks
+    from train import make_optimizers, train_step
+
+    config = load_config(str(TINY))
+    tp = config.to_dict()['train_params']
+    torch.manual_seed(0)
+    nets = build_networks(config.to_dict()['model_params'])
+    g = torch.Generator().manual_seed(3)
+    x = {'source': torch.rand(2, 3, 64, 64, generator=g), 'driving': torch.rand(2, 3, 64, 64, generator=g)}
+    results = {}
+    for p in ('fp32', precision):
+        gen, kp, disc = (m for m in build_networks(config.to_dict()['model_params']))
+        for mine, ref in zip((gen, kp, disc), nets):
+            mine.load_state_dict(ref.state_dict())
+        optimizers, _ = make_optimizers(gen, disc, kp, config.train_params)
+        before = [t.detach().clone() for t in gen.parameters()]
+        # the scaler of train.py, started lower than its 2^16 default so that the few overflowing
+        # first steps it skips (each halves the scale) cost less test time; the logic is the same
+        scaler = torch.amp.GradScaler('cpu', init_scale=2.0 ** 10, enabled=p == 'fp16')
+        full = GeneratorFullModel(kp, gen, disc, tp), DiscriminatorFullModel(kp, gen, disc, tp)
+        for step in range(40):
+            torch.manual_seed(7)  # the same random equivariance transform
+            losses, _ = train_step(x, *full, optimizers, scaler, torch.device('cpu'), p, gan=True)
+            assert all(torch.isfinite(v) for v in losses.values()), (p, losses)
+            results.setdefault(p, {k: v.item() for k, v in losses.items()})  # before any step: comparable
+            if any(not torch.equal(a, b) for a, b in zip(gen.parameters(), before)):
+                break
+        assert step < 39, '%s: the weights never moved' % p
+        if p == 'fp16':
+            assert scaler.get_scale() <= 2.0 ** 10  # it stepped (and backed off if it overflowed)
+    for k, ref in results['fp32'].items():
+        # measured here: within 1% relative, gen_gan/disc_gan within 0.05 absolute
+        assert abs(results[precision][k] - ref) <= 0.02 * abs(ref) + 0.1, (k, ref, results[precision][k])
+
+
+def test_vgg_weights_from_torch_home_and_from_a_path(tmp_path, monkeypatch):
+    """The documented default reads $TORCH_HOME/hub/checkpoints/vgg19-dcbb9e9d.pth (no download when
+    it is there); train_params.vgg_weights: PATH reads that file; both give exactly its weights."""
+    from modules.model import VGG19_FILE, Vgg19, seeded_vgg19_state
+
+    def no_download(*args, **kwargs):
+        raise AssertionError('tried to download %s' % (args,))
+    monkeypatch.setattr(torch.hub, 'load_state_dict_from_url', no_download)
+    home = tmp_path / 'home'
+    (home / 'hub' / 'checkpoints').mkdir(parents=True)
+    weights = seeded_vgg19_state(11)
+    torch.save(weights, home / 'hub' / 'checkpoints' / VGG19_FILE)
+    monkeypatch.setenv('TORCH_HOME', str(home))
+    vgg = Vgg19(weights='imagenet')
+    assert torch.equal(vgg.features[0].weight, weights['features.0.weight'])
+    assert torch.equal(vgg.features[28].bias, weights['features.28.bias'])  # relu5_1's conv
+    other = seeded_vgg19_state(12)
+    # a file holding torchvision's whole vgg19 (classifier too) loads its features.* entries
+    other['classifier.0.weight'] = torch.zeros(2, 2)
+    path = tmp_path / 'my-vgg.pth'
+    torch.save(other, path)
+    vgg = Vgg19(weights=str(path))
+    assert torch.equal(vgg.features[2].weight, other['features.2.weight'])
+    assert not torch.equal(vgg.features[2].weight, weights['features.2.weight'])

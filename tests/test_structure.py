@@ -1,0 +1,164 @@
+"""The layout holds: every file sits in one layer of ../shared/docs/DESIGN.md ("Layout") and imports
+only from layers below (or, in the foundation and model layers, from its own layer, without cycles);
+nothing but an entry point imports a run mode; no private name crosses files; every module imports
+on its own; and the README's code map names every file with its layer."""
+import ast
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from conftest import ROOT
+
+FOUNDATION, MODEL, ENGINE, RUN_MODE, ENTRY = range(5)
+LAYER_NAMES = {FOUNDATION: 'foundation', MODEL: 'model', ENGINE: 'engine', RUN_MODE: 'run mode', ENTRY: 'entry point'}
+LAYERS = {
+    'config.py': FOUNDATION, 'checkpoint.py': FOUNDATION, 'runtime.py': FOUNDATION, 'images.py': FOUNDATION,
+    'outputs.py': FOUNDATION, 'video_io.py': FOUNDATION, 'frames_dataset.py': FOUNDATION,
+    'augmentation.py': FOUNDATION, 'synthetic.py': FOUNDATION, 'metrics.py': FOUNDATION, 'face.py': FOUNDATION,
+    'logger.py': FOUNDATION, 'modules/keypoints.py': FOUNDATION,
+    'modules/__init__.py': MODEL, 'modules/util.py': MODEL, 'modules/keypoint_detector.py': MODEL,
+    'modules/dense_motion.py': MODEL, 'modules/generator.py': MODEL, 'modules/discriminator.py': MODEL,
+    'modules/model.py': MODEL, 'modules/fused.py': MODEL, 'sync_batchnorm/__init__.py': MODEL,
+    'sync_batchnorm/batchnorm.py': MODEL, 'sync_batchnorm/replicate.py': MODEL,
+    'inference.py': ENGINE, 'onnx_engine.py': ENGINE,
+    'train.py': RUN_MODE, 'reconstruction.py': RUN_MODE, 'animate.py': RUN_MODE, 'pipeline.py': RUN_MODE,
+    'run.py': ENTRY, 'demo.py': ENTRY, 'app.py': ENTRY, 'live.py': ENTRY, 'export.py': ENTRY,
+    'prepare_dataset.py': ENTRY, 'crop_video.py': ENTRY,
+}
+BENCH_SHARED = 'bench/baseline.py'  # the per-frame baseline every benchmark measures against
+
+
+def project_files():
+    out = subprocess.run(['git', 'ls-files', '--cached', '--others', '--exclude-standard', '*.py'], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout.split()
+    return sorted(f for f in out if not f.startswith('tests/') and os.path.exists(ROOT / f))
+
+
+def layer_of(path: str) -> int:
+    return ENTRY if path.startswith('bench/') else LAYERS[path]
+
+
+def module_file(name: str):
+    """'modules.util' -> 'modules/util.py' (or a package's __init__.py) if it is a project file."""
+    base = name.replace('.', '/')
+    for candidate in (base + '.py', base + '/__init__.py', 'bench/' + base + '.py'):
+        if os.path.isfile(ROOT / candidate):
+            return candidate
+    return None
+
+
+def imports_of(path: str):
+    """[(imported project file, names taken, line)] of every import statement, local ones too;
+    attribute access `module._x` on an imported project module counts as taking `_x`."""
+    tree = ast.parse((ROOT / path).read_text(), filename=path)
+    found, aliases = [], {}
+    package = os.path.dirname(path).replace('/', '.')
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                target = module_file(alias.name)
+                if target:
+                    found.append((target, [], node.lineno))
+                    aliases[alias.asname or alias.name] = target
+        elif isinstance(node, ast.ImportFrom):
+            name = node.module or ''
+            if node.level:
+                name = (package + '.' + name).strip('.') if name else package
+            target = module_file(name)
+            if target:
+                found.append((target, [a.name for a in node.names], node.lineno))
+            for alias in node.names:  # `from modules import util`
+                sub = module_file(name + '.' + alias.name) if name else None
+                if sub:
+                    found.append((sub, [], node.lineno))
+                    aliases[alias.asname or alias.name] = sub
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases \
+                and node.attr.startswith('_') and not node.attr.startswith('__'):
+            found.append((aliases[node.value.id], [node.attr], node.lineno))
+    return found
+
+
+def test_every_file_has_a_layer():
+    missing = [f for f in project_files() if not f.startswith('bench/') and f not in LAYERS]
+    assert not missing, 'files without a layer (add them to LAYERS and to the README code map): %s' % missing
+
+
+def test_imports_point_down_and_nothing_imports_a_run_mode():
+    problems = []
+    for path in project_files():
+        own = layer_of(path)
+        for target, names, line in imports_of(path):
+            if target == path:
+                continue
+            theirs = layer_of(target)
+            where = '%s:%d imports %s' % (path, line, target)
+            if target.startswith('bench/') and path.startswith('bench/') and target == BENCH_SHARED:
+                continue
+            if theirs > own or (theirs == own and own >= ENGINE):
+                problems.append('%s (%s -> %s)' % (where, LAYER_NAMES[own], LAYER_NAMES[theirs]))
+            private = [n for n in names if n.startswith('_') and not n.startswith('__')]
+            if private:
+                problems.append('%s: private name(s) %s' % (where, ', '.join(private)))
+    assert not problems, '\n'.join(problems)
+
+
+def test_no_import_cycles():
+    graph = {path: {t for t, _, _ in imports_of(path) if t != path} for path in project_files()}
+    state = {}
+
+    def visit(node, stack):
+        state[node] = 'open'
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 'open':
+                return stack + [node, nxt]
+            if nxt not in state:
+                cycle = visit(nxt, stack + [node])
+                if cycle:
+                    return cycle
+        state[node] = 'done'
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            cycle = visit(node, [])
+            assert cycle is None, 'import cycle: %s' % ' -> '.join(cycle)
+
+
+def _import_alone(path: str):
+    name = path[:-3].replace('/', '.').replace('.__init__', '')
+    cwd = ROOT / 'bench' if path.startswith('bench/') else ROOT
+    if path.startswith('bench/'):
+        name = name.split('.', 1)[1]
+    res = subprocess.run([sys.executable, '-c', 'import %s' % name], cwd=cwd, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
+    return path, res.returncode, res.stderr.strip().splitlines()[-1:] if res.returncode else ''
+
+
+def test_each_module_imports_alone():
+    optional = {'app.py': 'gradio', 'export.py': 'onnx', 'onnx_engine.py': 'onnxruntime'}
+    paths = [p for p in project_files() if p not in optional or _has(optional[p])]
+    with ThreadPoolExecutor(2) as pool:
+        failures = [(p, err) for p, rc, err in pool.map(_import_alone, paths) if rc]
+    assert not failures, failures
+
+
+def _has(package: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(package) is not None
+
+
+def test_readme_code_map_is_true():
+    text = (ROOT / 'README.md').read_text()
+    section = text.split('## Code map', 1)
+    assert len(section) == 2, 'README.md has no "## Code map" section'
+    body = section[1].split('\n## ', 1)[0]
+    rows = dict(re.findall(r'^\| `([^`]+)` \| ([a-z ]+) \|', body, re.M))
+    files = [f for f in project_files() if not f.startswith('bench/') and not f.endswith('__init__.py')]
+    wrong = ['%s: %s' % (f, rows.get(f, 'missing')) for f in files if rows.get(f) != LAYER_NAMES[LAYERS[f]]]
+    extra = [f for f in rows if f != 'bench/*' and f not in files]
+    assert not wrong and not extra, 'README code map: wrong or missing %s; no such file %s' % (wrong, extra)
