@@ -16,6 +16,7 @@ always read with `weights_only=True`, so a pickle carrying code is refused, neve
 """
 import os
 import pickle
+import struct
 import zipfile
 from typing import Any, Dict, Optional
 
@@ -70,8 +71,8 @@ def read_checkpoint(path: str) -> Dict[str, Any]:
                                   '(it may carry code); it was not loaded and nothing in it was run (%s)'
                                   % (path, _first_line(exc))) from None
         raise CheckpointError('%s: corrupt checkpoint (%s)' % (path, _first_line(exc))) from None
-    except (EOFError, RuntimeError) as exc:
-        if isinstance(exc, EOFError) or 'EOF' in str(exc) or 'central directory' in str(exc):
+    except (EOFError, RuntimeError, struct.error) as exc:  # struct: a legacy file cut mid-record
+        if isinstance(exc, (EOFError, struct.error)) or 'EOF' in str(exc) or 'central directory' in str(exc):
             raise CheckpointError('%s: truncated checkpoint (%s)' % (path, _first_line(exc))) from None
         raise CheckpointError('%s: corrupt checkpoint (%s)' % (path, _first_line(exc))) from None
     except Exception as exc:  # other damage inside an archive that looked whole

@@ -237,6 +237,7 @@ class FramesDataset(Dataset):
                 raise DatasetError('%s: too few videos for a train/test split (%d found)'
                                    % (root, len(everything)))
         self.root_dir = str(folder)
+        self.skipped = []  # [{'name', 'reason'}] of videos that could not be opened
         self.sources = self._probe(folder, names)
         names = sorted(self.sources)
         if self.is_train and self.id_sampling:
@@ -258,12 +259,12 @@ class FramesDataset(Dataset):
         with ThreadPoolExecutor(workers) as pool:
             results = list(tqdm(pool.map(self._probe_one, paths), total=len(paths), unit='video',
                                 desc='scanning %s' % folder, disable=len(paths) < 200, leave=False))
-        errors = [r for r in results if isinstance(r, DatasetError)]
-        if errors:
-            raise errors[0]
         sources, short, resized = {}, [], []
         for name, src in zip(names, results):
             if src is None:  # a folder without images: not a video
+                continue
+            if isinstance(src, DatasetError):  # unreadable: skipped, named, kept for reports
+                self.skipped.append({'name': name, 'reason': str(src)})
                 continue
             if src.num_frames < 2:
                 short.append('%s (%d frame%s)' % (name, src.num_frames, '' if src.num_frames == 1 else 's'))
@@ -274,6 +275,14 @@ class FramesDataset(Dataset):
         if short:
             warnings.warn('%s: skipping %d video(s) with fewer than 2 frames: %s'
                           % (folder, len(short), ', '.join(short)), DatasetWarning, stacklevel=3)
+        for item in self.skipped[:_MAX_WARNINGS]:
+            warnings.warn('skipping an unreadable video: %s' % item['reason'], DatasetWarning, stacklevel=3)
+        if len(self.skipped) > _MAX_WARNINGS:
+            warnings.warn('%s: %d more unreadable videos skipped' % (folder, len(self.skipped) - _MAX_WARNINGS),
+                          DatasetWarning, stacklevel=3)
+        if not sources and self.skipped:
+            raise DatasetError('%s: no readable videos (%d unreadable; first: %s)'
+                               % (folder, len(self.skipped), self.skipped[0]['reason']))
         if not sources and not short:
             raise DatasetError('%s: no videos found (folders here hold no frame images)' % folder)
         if not sources:

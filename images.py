@@ -17,6 +17,9 @@ reconstruction, the demo, the face crop and the web page.
 Errors on user data raise MediaError (a ValueError) with one line naming the file.
 """
 import os
+import sys
+import tempfile
+import threading
 from typing import Sequence, Tuple
 
 import numpy as np
@@ -196,12 +199,44 @@ def _png_bit_depth(path: str) -> int:
     return head[24] if len(head) == 25 and head[:8] == b'\x89PNG\r\n\x1a\n' else 8
 
 
+_STDERR_LOCK = threading.Lock()
+_LIBJPEG_WARNINGS = ('corrupt jpeg data', 'premature end of jpeg', 'invalid', 'bogus')  # not a bare 'warning': some are harmless
+
+
+def _decode_jpeg(path: str) -> np.ndarray:
+    """A JPEG decoded by OpenCV's libjpeg, whose warnings about damaged data (which Pillow and
+    OpenCV both let pass, filling the rest of the picture with grey) are errors here. libjpeg
+    prints them on file descriptor 2, so that is captured around the call; anything else printed
+    there meanwhile is passed on."""
+    import cv2
+    with _STDERR_LOCK, tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        text = captured.read().decode('utf-8', 'replace')
+    damaged = [line for line in text.splitlines() if any(w in line.lower() for w in _LIBJPEG_WARNINGS)]
+    others = [line for line in text.splitlines() if line not in damaged]
+    if others:
+        print('\n'.join(others), file=sys.stderr)
+    if damaged or bgr is None:
+        raise MediaError('%s: truncated or corrupt image (JPEG decoder: %s)'
+                         % (path, damaged[0].strip() if damaged else 'cannot decode'))
+    return bgr[:, :, ::-1]
+
+
 def read_image(path, limit: int = None) -> np.ndarray:
     """Read one image file -> uint8 (H, W, 3) RGB, decoded completely.
 
-    A truncated or corrupt file is refused (Pillow reports what libjpeg/libpng only warn about),
-    as is an image over the pixel limit (checked from the header, before decoding). Gray, alpha
-    and 16-bit files are converted by `to_uint8`; the EXIF orientation of photos is applied."""
+    A truncated or corrupt file is refused: Pillow raises on damaged PNG, GIF, BMP, TIFF, WebP
+    data, and libjpeg's warnings are taken as errors for JPEG (see _decode_jpeg); so is an image
+    over the pixel limit (checked from the header, before decoding). Gray, alpha and 16-bit files
+    are converted by `to_uint8`; the EXIF orientation of photos is applied."""
     from PIL import Image, UnidentifiedImageError
 
     path = str(path)
@@ -212,11 +247,14 @@ def read_image(path, limit: int = None) -> np.ndarray:
     try:
         with Image.open(path) as im:
             check_pixels(im.height, im.width, path, limit)
-            im.load()  # decodes everything: truncation and corrupt data raise here
             orientation = im.getexif().get(_EXIF_ORIENTATION, 1) if hasattr(im, 'getexif') else 1
-            if im.mode in ('P', 'PA', 'CMYK', 'YCbCr', 'LAB', 'HSV', '1'):
-                im = im.convert('RGBA' if im.mode in ('P', 'PA') else 'RGB')
-            a = np.asarray(im)
+            if im.format == 'JPEG':
+                a = _decode_jpeg(path)
+            else:
+                im.load()  # decodes everything: truncation and corrupt data raise here
+                if im.mode in ('P', 'PA', 'CMYK', 'YCbCr', 'LAB', 'HSV', '1'):
+                    im = im.convert('RGBA' if im.mode in ('P', 'PA') else 'RGB')
+                a = np.asarray(im)
     except MediaError:
         raise
     except UnidentifiedImageError:

@@ -126,7 +126,9 @@ def check_output(flag: str, path: str, inputs: Optional[Dict[str, Optional[str]]
         if not overwrite and not is_ours(path):
             raise OutputError('%s: %s exists and was not written by this tool; add --overwrite to replace it, or '
                               'choose another output name' % (flag, path))
-    _check_writable(flag, os.path.dirname(os.path.abspath(path)))
+    folder = os.path.dirname(os.path.abspath(path))
+    _check_writable(flag, folder)
+    clean_stale_temps(folder)  # left there by a run that was killed
 
 
 def check_outputs(outputs: Dict[str, Optional[str]], inputs: Optional[Dict[str, Optional[str]]] = None,

@@ -363,12 +363,18 @@ def test_corrupt_and_truncated_videos(tmp_path):
     (tmp_path / 'a' / 'test').mkdir(parents=True)
     write_video(tmp_path / 'a' / 'test' / 'fine.mp4', good, fps=25)
     (tmp_path / 'a' / 'test' / 'junk.mp4').write_bytes(b'\x00\x00\x00\x18ftypmp42' + bytes(range(256)) * 8)
-    with pytest.raises(DatasetError, match='junk.mp4'):
+    with pytest.warns(DatasetWarning, match='junk.mp4'):  # skipped, named, and listed for reports
+        ds = FramesDataset(tmp_path / 'a', frame_shape=SHAPE, is_train=False)
+    assert ds.videos == ['fine.mp4'] and [s['name'] for s in ds.skipped] == ['junk.mp4']
+    assert 'junk.mp4' in ds.skipped[0]['reason']
+    (tmp_path / 'a' / 'test' / 'fine.mp4').unlink()
+    with pytest.warns(DatasetWarning), pytest.raises(DatasetError, match='no readable videos.*junk.mp4'):
         FramesDataset(tmp_path / 'a', frame_shape=SHAPE, is_train=False)
+    write_video(tmp_path / 'a' / 'test' / 'fine.mp4', good, fps=25)
     data = (tmp_path / 'a' / 'test' / 'fine.mp4').read_bytes()
     (tmp_path / 'b' / 'test').mkdir(parents=True)
     (tmp_path / 'b' / 'test' / 'cut.mp4').write_bytes(data[:len(data) * 2 // 3])
-    with pytest.raises(DatasetError, match='cut.mp4'):
+    with pytest.warns(DatasetWarning), pytest.raises(DatasetError, match='cut.mp4'):
         FramesDataset(tmp_path / 'b', frame_shape=SHAPE, is_train=False)
 
 
@@ -395,8 +401,9 @@ def test_unreadable_images(tmp_path):
     with pytest.raises(DatasetError, match='000001.png'):
         ds[0]
     (tmp_path / 'test' / 'strip.png').write_bytes(b'not an image at all')
-    with pytest.raises(DatasetError, match='strip.png'):
-        FramesDataset(tmp_path, frame_shape=SHAPE, is_train=False)
+    with pytest.warns(DatasetWarning, match='strip.png'):
+        ds = FramesDataset(tmp_path, frame_shape=SHAPE, is_train=False)
+    assert [s['name'] for s in ds.skipped] == ['strip.png']
 
 
 def test_bad_config_values_name_the_key(shapes):
