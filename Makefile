@@ -12,7 +12,7 @@ install:
 demo: install
 	$(PYTHON) demo.py --config config/shapes-64.yaml --checkpoint checkpoints/shapes-64.pth.tar \
 		--source_image assets/shapes-source.png --driving_video assets/shapes-driving.mp4 \
-		--result_video result.mp4 --preview result-preview.mp4 --relative --device cpu
+		--result_video result.mp4 --preview result-preview.mp4 --relative --device cpu --overwrite
 
 test: install
 	$(PYTHON) -m pytest -q -rs tests
