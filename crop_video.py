@@ -181,16 +181,18 @@ def detect_tracks(path: Path, detector: Detector, every: int = 1, iou_with_initi
     from tqdm import tqdm
 
     video = _open(path)
-    tracker = FaceTracker(iou_with_initial, iou_with_previous, max_gap)
-    frame_hw, count = (0, 0), 0
-    for index, frame in enumerate(tqdm(_frames(video), total=video.num_frames, desc='detecting faces',
-                                       unit='frame', disable=not progress)):
-        frame_hw, count = frame.shape[:2], index + 1
-        if index % every == 0:
-            tracker.update(index, detector(frame))
-    if count == 0:
+    seen = {'hw': (0, 0), 'count': 0}
+
+    def detections():
+        for index, frame in enumerate(tqdm(_frames(video), total=video.num_frames, desc='detecting faces',
+                                           unit='frame', disable=not progress)):
+            seen.update(hw=frame.shape[:2], count=index + 1)
+            if index % every == 0:
+                yield index, detector(frame)
+    tracks = track_faces(detections(), iou_with_initial, iou_with_previous, max_gap)
+    if seen['count'] == 0:
         raise FaceToolsError('video %s has no frames' % (path,))
-    return tracker.finish(), frame_hw, count, float(video.info.fps or 25.0)
+    return tracks, seen['hw'], seen['count'], float(video.info.fps or 25.0)
 
 
 def clip_paths(path: Path, clips: Sequence[Clip], out_dir: Path, overwrite: bool = False) -> list[Path]:

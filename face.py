@@ -79,11 +79,6 @@ class CropGeometry:
     def box(self) -> tuple[int, int, int, int]:
         return (self.left, self.top, self.left + self.size, self.top + self.size)
 
-    def contains(self, box: Sequence[float]) -> bool:
-        """True when ``box`` lies inside the square."""
-        x0, y0, x1, y1 = self.box
-        return box[0] >= x0 and box[1] >= y0 and box[2] <= x1 and box[3] <= y1
-
 
 def square_box(box: Sequence[float], image_hw: tuple[int, int],
                increase: float = 0.1) -> CropGeometry:
@@ -196,15 +191,6 @@ def _import_cv2_haar():
                              'which has no cv2.CascadeClassifier): pip install '
                              "'opencv-python-headless>=4.8,<5'" % (cv2.__version__,))
     return cv2
-
-
-def haar_available() -> bool:
-    """True when OpenCV with the Haar cascade files is importable."""
-    try:
-        cv2 = _import_cv2_haar()
-    except FaceToolsError:
-        return False
-    return (Path(cv2.data.haarcascades) / HAAR_CASCADE).is_file()
 
 
 class HaarFaceDetector:
@@ -475,21 +461,6 @@ def find_best_frame(source_landmarks: Optional[Landmarks],
     if best < 0:
         raise FaceToolsError('no face found in any driving frame, cannot find the best frame')
     return best
-
-
-def split_around(frames_count: int, best: int) -> tuple[list[int], list[int]]:
-    """Driving-frame indices to animate from ``best``: forward ``best..n-1``, backward ``best..0``.
-
-    Both start at ``best`` (the frame whose pose matches the source); see ``join_around``.
-    """
-    if not 0 <= best < frames_count:
-        raise ValueError('best frame %s is outside 0..%s' % (best, frames_count - 1))
-    return list(range(best, frames_count)), list(range(best, -1, -1))
-
-
-def join_around(forward: Sequence, backward: Sequence) -> list:
-    """Results of the two passes in video order: reversed backward, then forward without ``best``."""
-    return list(backward)[::-1] + list(forward)[1:]
 
 
 # --------------------------------------------------------------------------- AKD

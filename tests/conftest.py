@@ -50,3 +50,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def haar_ok() -> bool:
+    """Whether OpenCV with its Haar cascade files is here (OpenCV 5 dropped them)."""
+    import face
+    try:
+        face.make_detector('haar')
+    except face.FaceToolsError:
+        return False
+    return True
+
+
+def box_inside(box, outer) -> bool:
+    """An (x0, y0, x1, y1) box lies within another."""
+    return box[0] >= outer[0] and box[1] >= outer[1] and box[2] <= outer[2] and box[3] <= outer[3]

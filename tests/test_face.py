@@ -11,13 +11,13 @@ sys.path.insert(0, str(ROOT))
 
 import face  # noqa: E402
 from face import (CropGeometry, FaceToolsError, akd, convex_hull_area, crop_face,  # noqa: E402
-                  feather_mask, find_best_frame, join_around, normalize_landmarks, paste_back,
-                  split_around, square_box)
+                  feather_mask, find_best_frame, normalize_landmarks, paste_back, square_box)
+from conftest import box_inside, haar_ok  # noqa: E402
 
 SOURCES = ROOT.parent / 'shared' / 'data' / 'sources'
 HAS_FA = importlib.util.find_spec('face_alignment') is not None
 needs_haar = pytest.mark.skipif(
-    not face.haar_available(),
+    not haar_ok(),
     reason='OpenCV with Haar cascades not installed (needs opencv-python-headless>=4.8,<5; '
            'OpenCV 5 dropped cv2.CascadeClassifier)')
 needs_fa = pytest.mark.skipif(not HAS_FA, reason='face-alignment not installed '
@@ -49,7 +49,7 @@ def test_haar_finds_face_and_crop_contains_it(name):
     assert 0.1 * width < box[2] - box[0] < 0.9 * width
     crop, geometry = crop_face(image, box, 256, increase=0.1)
     assert crop.shape == (256, 256, 3) and crop.dtype == np.uint8
-    assert geometry.contains(box)
+    assert box_inside(box, geometry.box)
     assert (geometry.image_height, geometry.image_width) == (height, width)
 
 
@@ -166,16 +166,6 @@ def test_find_best_frame_errors():
         find_best_frame(None, [_face_landmarks(rng)])
     with pytest.raises(FaceToolsError, match='driving'):
         find_best_frame(_face_landmarks(rng), [None, None])
-
-
-def test_split_and_join_around_best_frame():
-    forward, backward = split_around(6, 2)
-    assert forward == [2, 3, 4, 5] and backward == [2, 1, 0]
-    # Animating is per frame here; joining must give every frame once, in video order.
-    assert join_around(['f%s' % (i,) for i in forward], ['f%s' % (i,) for i in backward]) == \
-        ['f%s' % (i,) for i in range(6)]
-    with pytest.raises(ValueError):
-        split_around(3, 3)
 
 
 # --------------------------------------------------------------------------- AKD
