@@ -337,7 +337,9 @@ def run(args: argparse.Namespace) -> list[Path]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from outputs import exit_on_sigterm
     args = build_parser().parse_args(argv)
+    exit_on_sigterm()  # unfinished clips are discarded, not left half-written
     try:
         run(args)
     except FaceToolsError as err:

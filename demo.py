@@ -25,7 +25,7 @@ import numpy as np
 
 from images import FITS, MediaError, read_image
 from inference import AnimationEngine, load_networks
-from outputs import OutputError, check_outputs
+from outputs import OutputError, check_outputs, exit_on_sigterm
 from pipeline import PhotoOptions, animate_photo, check_driving
 from runtime import resolve_device
 
@@ -184,6 +184,7 @@ def run(args: argparse.Namespace) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    exit_on_sigterm()  # SIGTERM unwinds like Ctrl-C: no half-written temporary stays behind
     from checkpoint import CheckpointError
     from config import ConfigError
     from face import FaceToolsError
@@ -195,9 +196,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print('%s: error: %s' % (PROG, message), file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit) as e:
         print('%s: interrupted; %s was not written' % (PROG, args.result_video), file=sys.stderr)
-        return 130
+        return e.code if isinstance(e, SystemExit) and isinstance(e.code, int) else 130
     if not args.quiet:
         print('%s: wrote %s' % (PROG, path), file=sys.stderr)
     return 0

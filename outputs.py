@@ -206,6 +206,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def exit_on_sigterm(status: int = 143) -> None:
+    """Make SIGTERM leave like Ctrl-C does: a SystemExit raised in the main thread unwinds every
+    `with` block, so writers delete their temporaries instead of leaving them (the default
+    SIGTERM action ends the process on the spot). Call it at the start of an entry point."""
+    import signal
+
+    def leave(signum, frame):
+        raise SystemExit(status)
+    try:
+        signal.signal(signal.SIGTERM, leave)
+    except ValueError:  # not the main thread (e.g. inside a server's worker): nothing to do
+        pass
+
+
 def commit(tmp: str, final: str) -> None:
     """Move a finished temporary file or frames folder to its final name. A folder replaces an old
     folder of frames only (check_output made sure of that before the work began)."""

@@ -268,3 +268,26 @@ def test_crop_video_says_why_no_clip_was_written(tmp_path, capsys):
                             '--min_frames', '2']) == 0
     err = capsys.readouterr().err
     assert 'no clip written' in err and 'no face was detected' in err and 'reasons above' not in err
+
+
+def test_sigterm_mid_write_leaves_no_temporary(inputs, tmp_path):
+    import signal
+    import time
+    long = tmp_path / 'long.mp4'  # enough frames that the demo is still writing when signalled
+    write_video(long, (np.random.default_rng(2).random((400, 64, 64, 3)) * 255).astype(np.uint8), fps=25)
+    out = tmp_path / 'out'
+    out.mkdir()
+    cmd = [sys.executable, str(ROOT / 'demo.py'), '--checkpoint', str(inputs / 'tiny.pth.tar'), '--quiet',
+           '--source_image', str(inputs / 'source.png'), '--driving_video', str(long), '--batch_size', '1',
+           '--result_video', str(out / 'result.mp4'), '--preview', str(out / 'preview.mp4'), '--precision', 'fp32']
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=str(ROOT),
+                            env=dict(os.environ, OMP_NUM_THREADS='1'))
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(p.name.startswith('.fomm-tmp-') for p in out.iterdir()):
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert proc.poll() is None, 'the demo ended before it could be signalled'
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and 'interrupted' in err, err
+    assert list(out.iterdir()) == []  # neither the result nor any temporary
