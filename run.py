@@ -171,7 +171,9 @@ def main(argv=None) -> int:
     import torch.distributed as dist
 
     from config import load_config
+    from outputs import exit_on_sigterm
     from runtime import ddp_info, resolve_precision
+    exit_on_sigterm()  # evaluation: writers discard their temporaries (training saves a checkpoint instead)
     is_ddp, rank, local_rank, _ = ddp_info()
     errors = user_errors()
     try:
@@ -197,9 +199,9 @@ def main(argv=None) -> int:
         msg = (lines[-1] if lines[0].startswith('Caught ') else lines[0]) if lines else type(exc).__name__
         print('error: %s' % msg, file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit) as e:
         print('interrupted', file=sys.stderr)
-        return 130
+        return e.code if isinstance(e, SystemExit) and isinstance(e.code, int) else 130
     finally:
         if is_ddp and dist.is_initialized():
             dist.destroy_process_group()
