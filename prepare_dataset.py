@@ -213,10 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help='H,W of the prepared frames: the config\'s dataset_params.frame_shape')
     p.add_argument('--gop', type=int, default=8, help='a key frame every N frames (.mp4 outputs)')
     p.add_argument('--format', choices=FORMATS, default='mp4',
-                   help='mp4 (small, seeks within --gop frames) or png (a folder of frames per video: no decoding '
-                        'on the way, about 10x larger)')
+                   help='mp4 (small, seeks within --gop frames) or png (a folder of lossless frames per video: '
+                        'nothing decoded on the way, many times larger on disk)')
     p.add_argument('--crf', type=int, default=18, help='libx264 quality of the .mp4 outputs (lower is better)')
-    p.add_argument('--workers', type=int, default=None, help='videos prepared side by side (default: one per CPU)')
+    p.add_argument('--workers', type=int, default=0, help='videos prepared side by side; 0: one per CPU')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
     return p
 
@@ -226,11 +226,11 @@ def main(argv: Optional[list] = None) -> int:
     try:
         if args.gop < 1:
             raise ValueError('--gop: must be >= 1, got %d' % args.gop)
-        if args.workers is None:
+        if args.workers < 0:
+            raise ValueError('--workers: must be >= 0, got %d' % args.workers)
+        if args.workers == 0:
             from runtime import cpu_count  # here: it imports torch, which spawned workers do without
             args.workers = cpu_count()
-        if args.workers < 1:
-            raise ValueError('--workers: must be >= 1, got %d' % args.workers)
         if not 0 <= args.crf <= 51:
             raise ValueError('--crf: must be within 0..51, got %d' % args.crf)
         settings = Settings(parse_frame_shape(args.frame_shape), args.gop, args.format, args.crf)
