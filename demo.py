@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--preview', default=None,
                    help='also write a side-by-side video (source | driving | result, at the model\'s frame size) here')
     p.add_argument('--no_audio', action='store_true', help='do not copy the driving video\'s audio track')
+    p.add_argument('--allow_damaged', action='store_true',
+                   help='animate with the frames that decode of a driving video that decodes fewer frames than its '
+                        'container lists (a warning), instead of stopping')
     p.add_argument('--overwrite', action='store_true',
                    help='replace an existing output that this tool did not write (never an input, never a '
                         'folder holding anything but frames)')
@@ -170,7 +173,7 @@ def run(args: argparse.Namespace) -> str:
     options = photo_options(args)
     check_args(args)
     photo = read_image(args.source_image, limit=args.max_pixels)  # uint8 (H, W, 3), decoded in full
-    video = open_video(args.driving_video)
+    video = open_video(args.driving_video, allow_damaged=args.allow_damaged)
     check_driving(video, options)
     landmarker = make_landmarker(args) if args.find_best_frame else None
     engine = AnimationEngine.from_checkpoint(args.config, args.checkpoint, device='cpu' if args.cpu else args.device,

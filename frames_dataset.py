@@ -14,6 +14,13 @@ A training item decodes only the two frames it returns (plus, for a compressed v
 between each one and the key frame before it), never the whole video as the original did; the
 frame count comes from the container at start-up. Frames decoded on the way are kept in a
 bounded per-process cache (cache_mb), so later samples of the same video decode nothing.
+`prepare_dataset.py` turns a folder of videos into a copy at frame_shape with frequent key
+frames, where a sample decodes a few frames at most.
+
+A video that cannot be read stops a training set at start-up (one line naming it); in a test
+set it is kept, with a warning, and reading it raises DatasetError, so evaluation skips it and
+lists it. A video whose frames do not all decode is an error naming both counts, or with
+allow_damaged a warning (see video_io).
 """
 from __future__ import annotations
 
@@ -34,7 +41,7 @@ from tqdm import tqdm
 from augmentation import AllAugmentationTransform, process_rng
 from images import IMAGE_EXTENSIONS, MediaError, frames_to_float, resize
 from runtime import cpu_count
-from video_io import VIDEO_EXTENSIONS, FolderSource, VideoSource, is_image_file, open_video
+from video_io import VIDEO_EXTENSIONS, FolderSource, VideoInfo, VideoSource, is_image_file, open_video
 
 _MAX_WARNINGS = 10  # per kind of warning and dataset; the rest are summarised in one line
 
@@ -76,11 +83,34 @@ def _reseed_tree(obj, seed: int, seen: set) -> None:
         _reseed_tree(child, seed, seen)
 
 
-def _open(path: str, frame_shape: Sequence[int]) -> VideoSource:
+def _open(path: str, frame_shape: Sequence[int], allow_damaged: bool = False) -> VideoSource:
     try:
-        return open_video(path, frame_shape)
+        return open_video(path, frame_shape, allow_damaged=allow_damaged)
     except MediaError as e:
         raise DatasetError(str(e)) from None
+
+
+class UnreadableVideo(VideoSource):
+    """A test video that could not be opened: kept in the list so that evaluation reports it as
+    skipped (never in the mean); reading it raises its error."""
+
+    def __init__(self, path: str, error: str):
+        self.path, self.error = path, error
+        self.info = VideoInfo(0, 25.0, 0, 0)
+
+    def read(self, indices: Sequence[int]) -> np.ndarray:
+        raise DatasetError(self.error)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        raise DatasetError(self.error)
+
+
+def _warn_each(messages: list, more: str) -> None:
+    """A DatasetWarning per message up to _MAX_WARNINGS, then one counting the rest (more % n)."""
+    for msg in messages[:_MAX_WARNINGS]:
+        warnings.warn(msg, DatasetWarning, stacklevel=4)
+    if len(messages) > _MAX_WARNINGS:
+        warnings.warn(more % (len(messages) - _MAX_WARNINGS), DatasetWarning, stacklevel=4)
 
 
 def _frame_shape(frame_shape) -> tuple:
@@ -104,12 +134,12 @@ def fit_frames(frames: np.ndarray, frame_shape: Sequence[int]) -> np.ndarray:
     return np.stack([resize(f, h, w) for f in frames])
 
 
-def read_video(name, frame_shape=(256, 256, 3)) -> np.ndarray:
+def read_video(name, frame_shape=(256, 256, 3), allow_damaged: bool = False) -> np.ndarray:
     """All frames of a video (any supported layout) -> float32 (T, H, W, 3) in [0, 1].
 
     Frames whose size differs from frame_shape are resized (one warning)."""
     shape = _frame_shape(frame_shape)
-    source = _open(str(name), shape)
+    source = _open(str(name), shape, allow_damaged)
     try:
         frames = source.read_all()
     except MediaError as e:
@@ -196,11 +226,16 @@ class FramesDataset(Dataset):
 
     cache_mb (an addition): per-process budget for keeping decoded training frames (at
     frame_shape) of compressed videos and GIFs, so frames decoded on the way to a sampled one
-    are not decoded again; 0 disables it. Items are the same with or without it."""
+    are not decoded again; 0 disables it. Items are the same with or without it.
+
+    allow_damaged (an addition; run.py --allow_damaged): use the frames that decode of a video
+    that holds or decodes fewer than its container lists, with a warning, instead of refusing it."""
 
     def __init__(self, root_dir, frame_shape=(256, 256, 3), id_sampling=False, is_train=True,
-                 random_seed=0, pairs_list=None, augmentation_params=None, cache_mb: float = 256):
+                 random_seed=0, pairs_list=None, augmentation_params=None, cache_mb: float = 256,
+                 allow_damaged: bool = False):
         self.frame_shape = _frame_shape(frame_shape)
+        self.allow_damaged = bool(allow_damaged)
         self.cache_bytes = int(max(0.0, float(cache_mb)) * 2 ** 20)
         self._cache, self._cache_pid = None, None
         self.id_sampling = bool(id_sampling)
@@ -237,7 +272,6 @@ class FramesDataset(Dataset):
                 raise DatasetError('%s: too few videos for a train/test split (%d found)'
                                    % (root, len(everything)))
         self.root_dir = str(folder)
-        self.skipped = []  # [{'name', 'reason'}] of videos that could not be opened
         self.sources = self._probe(folder, names)
         names = sorted(self.sources)
         if self.is_train and self.id_sampling:
@@ -253,54 +287,47 @@ class FramesDataset(Dataset):
 
     # ------------------------------------------------------------------------------------------
     def _probe(self, folder: Path, names: list) -> dict:
-        """Open every video (frame count, size; no decoding), drop those with < 2 frames."""
+        """Open every video (frame count, size; no decoding), drop those with < 2 frames. An
+        unreadable one stops a training set; a test set keeps it as an UnreadableVideo."""
         paths = [str(folder / n) for n in names]
         workers = min(8, max(1, len(paths) // 4))
         with ThreadPoolExecutor(workers) as pool:
             results = list(tqdm(pool.map(self._probe_one, paths), total=len(paths), unit='video',
                                 desc='scanning %s' % folder, disable=len(paths) < 200, leave=False))
-        sources, short, resized = {}, [], []
+        sources, short, resized, errors = {}, [], [], []
         for name, src in zip(names, results):
             if src is None:  # a folder without images: not a video
                 continue
-            if isinstance(src, DatasetError):  # unreadable: skipped, named, kept for reports
-                self.skipped.append({'name': name, 'reason': str(src)})
-                continue
-            if src.num_frames < 2:
+            if isinstance(src, DatasetError):
+                errors.append(src)
+                sources[name] = UnreadableVideo(str(folder / name), str(src))
+            elif src.num_frames < 2:
                 short.append('%s (%d frame%s)' % (name, src.num_frames, '' if src.num_frames == 1 else 's'))
-                continue
-            sources[name] = src
-            if (src.info.height, src.info.width) != self.frame_shape[:2]:
-                resized.append('%s (%dx%d)' % (name, src.info.height, src.info.width))
+            else:
+                sources[name] = src
+                if (src.info.height, src.info.width) != self.frame_shape[:2]:
+                    resized.append('%s (%dx%d)' % (name, src.info.height, src.info.width))
+        if errors and (self.is_train or len(errors) == len(sources)):
+            raise errors[0]
         if short:
             warnings.warn('%s: skipping %d video(s) with fewer than 2 frames: %s'
                           % (folder, len(short), ', '.join(short)), DatasetWarning, stacklevel=3)
-        for item in self.skipped[:_MAX_WARNINGS]:
-            warnings.warn('skipping an unreadable video: %s' % item['reason'], DatasetWarning, stacklevel=3)
-        if len(self.skipped) > _MAX_WARNINGS:
-            warnings.warn('%s: %d more unreadable videos skipped' % (folder, len(self.skipped) - _MAX_WARNINGS),
-                          DatasetWarning, stacklevel=3)
-        if not sources and self.skipped:
-            raise DatasetError('%s: no readable videos (%d unreadable; first: %s)'
-                               % (folder, len(self.skipped), self.skipped[0]['reason']))
         if not sources and not short:
             raise DatasetError('%s: no videos found (folders here hold no frame images)' % folder)
         if not sources:
             raise DatasetError('%s: no usable videos (all have fewer than 2 frames)' % folder)
-        for msg in resized[:_MAX_WARNINGS]:
-            warnings.warn('%s/%s: frames resized to %dx%d (dataset_params.frame_shape)'
-                          % (folder, msg, *self.frame_shape[:2]), DatasetWarning, stacklevel=3)
-        if len(resized) > _MAX_WARNINGS:
-            warnings.warn('%s: %d more videos with frames resized to %dx%d'
-                          % (folder, len(resized) - _MAX_WARNINGS, *self.frame_shape[:2]),
-                          DatasetWarning, stacklevel=3)
+        _warn_each(['%s (evaluation skips it)' % e for e in errors],
+                   '%s: %%d more unreadable videos (evaluation skips them)' % folder)
+        h, w = self.frame_shape[:2]
+        _warn_each(['%s/%s: frames resized to %dx%d (dataset_params.frame_shape)' % (folder, msg, h, w)
+                    for msg in resized], '%s: %%d more videos with frames resized to %dx%d' % (folder, h, w))
         return sources
 
     def _probe_one(self, path: str):
         try:
             if os.path.isdir(path) and not any(is_image_file(f) for f in os.listdir(path)):
                 return None
-            return _open(path, self.frame_shape)
+            return _open(path, self.frame_shape, self.allow_damaged)
         except DatasetError as e:
             return e
         except OSError as e:

@@ -75,7 +75,7 @@ def reconstruction(config, generator, kp_detector, checkpoint: Optional[str], lo
         if akd is None and with_akd is True:
             raise RuntimeError('AKD asked for, but face-alignment or its weights are not available (see face.py)')
 
-    per_video, skipped = [], list(getattr(dataset, 'skipped', []))  # unreadable when the dataset opened them
+    per_video, skipped = [], []
     bar = tqdm(indices, desc='reconstruction', unit='video', disable=not progress)
     for i in bar:
         name, fps, frames = dataset.stream(i)

@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--batch_size', type=int, default=16, help='reconstruction/animate: driving frames per batch')
     p.add_argument('--visualize', action='store_true', help='animate: also write side-by-side videos with keypoints')
     p.add_argument('--verbose', action='store_true', help='print per-epoch losses')
+    p.add_argument('--allow_damaged', action='store_true',
+                   help='use the frames that decode of a video that holds or decodes fewer frames than its container '
+                        'lists (a warning), instead of refusing it (training) or skipping it (evaluation)')
     return p
 
 
@@ -132,7 +135,8 @@ def execute(args, config, device, precision: str, rank: int) -> str:
     np.random.seed((args.seed + rank) % 2 ** 32)
     cfg = config.to_dict()
     generator, kp_detector, discriminator = build_networks(cfg['model_params'], discriminator=args.mode == 'train')
-    dataset = FramesDataset(is_train=args.mode == 'train', random_seed=args.seed, **cfg['dataset_params'])
+    dataset = FramesDataset(is_train=args.mode == 'train', random_seed=args.seed, allow_damaged=args.allow_damaged,
+                            **cfg['dataset_params'])
     log_dir = run_dir_for(args, args.config)
     if args.verbose and rank == 0:
         print('run folder: %s; device %s; precision %s' % (log_dir, device, precision))

@@ -1,6 +1,8 @@
-"""Reading and writing frames and videos: images, frame folders, image strips, GIFs and ffmpeg videos.
+"""Reading and writing frames and videos: images, frame folders, image strips, GIFs and container videos.
 
-Frames are always uint8 arrays (H, W, 3) in RGB order. Everything that touches ffmpeg uses the
+Frames are always uint8 arrays (H, W, 3) in RGB order. Container videos (.mp4, .mov, ...) are
+decoded in-process with PyAV (FFmpeg's libraries, bundled in the `av` wheel): no process per
+read, seeking to the key frame before a wanted frame. Writing and audio muxing use the ffmpeg
 binary shipped inside the imageio-ffmpeg wheel, so no system ffmpeg is needed.
 
 Reading
@@ -17,11 +19,14 @@ Writing
     copy_audio(src_video, dst_video)  -> mux the audio of src into dst; False when src has none
 
 Every failure on a user's file raises MediaError (a ValueError) with one line naming the file.
+Decode integrity: a container video whose file holds fewer frames than its container lists, or
+whose frames do not all decode, raises MediaError naming the file and both counts; with
+`open_video(path, allow_damaged=True)` it is a DamagedVideoWarning and the frames that decoded
+are used.
 """
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -44,13 +49,19 @@ VIDEO_EXTENSIONS = FFMPEG_VIDEO_EXTENSIONS + ('.gif',)
 # ffmpeg muxer per output suffix (the temporary file name must not decide the format).
 MUXERS = {'.mp4': 'mp4', '.m4v': 'mp4', '.mov': 'mov', '.mkv': 'matroska', '.avi': 'avi'}
 OUTPUT_FORMATS = tuple(MUXERS) + ('.gif', '.png')  # '.png': a folder of numbered PNG frames
-# Messages of a probe that mean the file cannot be trusted (truncated download, garbage bytes).
-_CORRUPT_MARKERS = ('partial file', 'corrupt', 'invalid data', 'moov atom not found', 'truncat',
-                    'error opening input', 'no such file')
-_NOPTS = -(2 ** 63)
 
-# Counters for tests and benchmarks: frames ffmpeg had to decode, frames handed to Python.
-decode_stats = {'decoded': 0, 'returned': 0, 'processes': 0}
+# Counters for tests and benchmarks, per process: containers opened, decode runs (one per seek),
+# frames the decoder produced, non-reference frames it skipped on the way to a wanted one, and
+# frames converted to RGB and handed to Python.
+decode_stats = {'opens': 0, 'runs': 0, 'decoded': 0, 'skipped': 0, 'returned': 0}
+
+# Containers opened by a parent process and inherited by a forked child: never freed in the
+# child (freeing a threaded decoder there can wait forever on threads that only the parent has).
+_INHERITED = []
+
+
+class DamagedVideoWarning(UserWarning):
+    """A damaged video used anyway (allow_damaged): fewer frames, or frames with decoder errors."""
 
 
 def ffmpeg_exe() -> str:
@@ -78,10 +89,26 @@ class VideoInfo:
 
 
 @dataclass
-class _SeekTable:
-    """Presentation-order key frames and their seek times (seconds from the file start)."""
+class _FrameIndex:
+    """Where a container video's shown frames are: their presentation timestamps in order (None:
+    the file has none usable, frames are counted as they come), the presentation index of each
+    key frame with the timestamp to seek to for it (None: the file start), and the quarter turns
+    (counter-clockwise) that its display matrix asks for."""
+    pts: Optional[np.ndarray] = None  # int64 (T,), sorted
     key_index: list = field(default_factory=lambda: [0])
-    key_time: list = field(default_factory=lambda: [None])
+    key_ts: list = field(default_factory=lambda: [None])
+    quarter_turns: int = 0
+
+    def frame_at(self, pts: Optional[int]) -> int:
+        """Presentation index of a decoded frame's timestamp; -1 when it is not a shown frame."""
+        if self.pts is None or pts is None:
+            return -1
+        i = int(np.searchsorted(self.pts, pts))
+        return i if i < len(self.pts) and self.pts[i] == pts else -1
+
+    def key_before(self, i: int) -> int:
+        """Position in key_index of the last key frame at or before frame i."""
+        return int(np.searchsorted(self.key_index, i, side='right')) - 1
 
 
 def _run(cmd: list, what: PathLike) -> subprocess.CompletedProcess:
@@ -91,56 +118,157 @@ def _run(cmd: list, what: PathLike) -> subprocess.CompletedProcess:
         raise MediaError('%s: cannot run ffmpeg (%s)' % (what, e)) from None
 
 
-def _ffmpeg_probe(path: str) -> tuple:
-    """One stream-copy pass over the packets (no decoding): (VideoInfo, _SeekTable)."""
-    cmd = [ffmpeg_exe(), '-hide_banner', '-nostats', '-loglevel', 'info', '-i', path,
-           '-map', '0:v:0', '-c', 'copy', '-f', 'framecrc', '-']
-    res = _run(cmd, path)
-    err = res.stderr.decode('utf-8', 'replace').replace(path, '<file>')  # file names hold any word
-    head = err.split('Output #0')[0].split('Stream mapping')[0]
-    low = err.lower()
-    bad = [m for m in _CORRUPT_MARKERS if m in low]
-    packets, tb, dims = [], None, None
-    for line in res.stdout.decode('ascii', 'replace').splitlines():
-        if line.startswith('#tb'):
-            num, den = line.split(':', 1)[1].strip().split('/')
-            tb = Fraction(int(num), int(den))
-        elif line.startswith('#dimensions'):
-            w, h = line.split(':', 1)[1].strip().split('x')
-            dims = (int(h), int(w))
-        elif line and not line.startswith('#'):
-            parts = [s.strip() for s in line.split(',')]
-            flags = [int(s[2:], 16) for s in parts[6:] if s.startswith('F=')]
-            flag = flags[0] if flags else 1  # printed only when not just "key frame"
-            if not flag & 4:  # AV_PKT_FLAG_DISCARD: decoded for reference, never shown (edit lists)
-                packets.append((int(parts[2]), flag & 1))
-    if res.returncode != 0 or bad or not packets or dims is None:
-        lines = [l for l in err.splitlines() if l.strip() and not l.startswith(' ')]
-        why = lines[-1] if lines else 'no video stream'
-        if bad:
-            why = next(l for l in err.splitlines() if any(m in l.lower() for m in bad))
-        why = re.sub(r'^\[[^\]]*\]\s*', '', why.strip())
-        raise MediaError('%s: corrupt, truncated or unreadable video (%s)' % (path, why))
-    if re.search(r'rotation of -?(90|270)\.0', head):  # ffmpeg auto-rotates on decode
-        dims = (dims[1], dims[0])
-    m = re.search(r'Video:.*?([\d.]+)(k?) fps', head) or re.search(r'Video:.*?([\d.]+)(k?) tbr', head)
-    fps = float(m.group(1)) * (1000 if m.group(2) else 1) if m else 25.0
-    has_audio = bool(re.search(r'Stream #\d+:\d+.*: Audio:', head))
-    info = VideoInfo(len(packets), fps, dims[0], dims[1], has_audio)
-    table = _SeekTable()
-    if tb is not None and all(p != _NOPTS for p, _ in packets):
-        # Listed pts are relative to the file's start time, as -ss before -i is.
-        packets.sort()
-        for i, (pts, key) in enumerate(packets):
-            if key and i > 0 and pts > 0:
-                t_us = (pts * tb * 1_000_000).__floor__()  # floor: never seek past the frame
-                table.key_index.append(i)
-                table.key_time.append('%d.%06d' % divmod(t_us, 1_000_000))
-    return info, table
+def _pyav():
+    try:
+        import av
+    except ImportError:
+        raise MediaError('decoding %s videos needs PyAV: pip install av'
+                         % '/'.join(FFMPEG_VIDEO_EXTENSIONS)) from None
+    return av
+
+
+def _why(e: BaseException) -> str:
+    """An FFmpeg error without the file name (the caller's message names the file once)."""
+    return getattr(e, 'strerror', None) or one_line(e)
+
+
+class _Container:
+    """An open container video and its first video stream's decoder, for one read.
+
+    threads: decoder threads (1 for random access: many data-loader workers decode at once, and
+    skipping non-reference frames needs the decoder to see each packet as it is sent; 0: FFmpeg
+    picks, for streaming a whole video). Closed only by the process that opened it."""
+
+    def __init__(self, path: str, threads: int = 1):
+        av = _pyav()
+        self.path, self.pid = path, os.getpid()
+        self.container, self.demux_error, self.errors, self.empty = None, None, (av.FFmpegError,), 0
+        try:
+            self.container = av.open(path, metadata_errors='ignore')
+        except av.FFmpegError as e:
+            if isinstance(e, FileNotFoundError):
+                raise MediaError('%s: video not found' % path) from None
+            raise MediaError('%s: corrupt, truncated or unreadable video (%s)' % (path, _why(e))) from None
+        decode_stats['opens'] += 1
+        if not self.container.streams.video:
+            self.close()
+            raise MediaError('%s: corrupt, truncated or unreadable video (no video stream)' % path)
+        self.stream = self.container.streams.video[0]
+        self.codec = self.stream.codec_context
+        self.codec.thread_count = threads
+        if threads != 1:
+            self.codec.thread_type = 'AUTO'
+        # one RGB converter per read, single-threaded: PyAV's default makes a converter with its
+        # own thread pool for every frame, and freeing one inherited by a forked worker hangs
+        self.converter = av.video.reformatter.VideoReformatter()
+
+    def packets(self) -> Iterator:
+        """The video stream's packets in decode order, then None (drains the decoder). Empty
+        samples (a dropped frame in some MP4s: sent to a decoder they would mean "end of
+        stream") are counted in self.empty instead; a demuxing error ends the packets early
+        (self.demux_error)."""
+        try:
+            for packet in self.container.demux(self.stream):
+                if packet.size:
+                    yield packet
+                elif packet.dts is not None:  # PyAV ends with an empty packet without timestamps
+                    self.empty += 1
+        except self.errors as e:
+            self.demux_error = _why(e)
+        yield None
+
+    def rgb(self, frame) -> np.ndarray:
+        """A decoded frame -> uint8 (H, W, 3) RGB."""
+        decode_stats['returned'] += 1
+        return self.converter.reformat(frame, format='rgb24', threads=1).to_ndarray()
+
+    def seek(self, ts: int) -> None:
+        """To the key frame at or before presentation timestamp ts; the decoder restarts."""
+        self.container.seek(ts, stream=self.stream, backward=True, any_frame=False)
+        self.codec.flush_buffers()
+
+    def close(self) -> None:
+        if self.container is None:
+            return
+        if os.getpid() == self.pid:
+            self.container.close()
+        else:
+            _INHERITED.append(self.container)
+        self.container = None
+
+    def __enter__(self) -> '_Container':
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _probe_container(path: str, allow_damaged: bool = False) -> tuple:
+    """One pass over the packets, decoding only the first frame (its size and display rotation):
+    (VideoInfo, _FrameIndex). A file that holds fewer frames than its container lists is damaged
+    (a cut download): MediaError naming both counts, or a warning with allow_damaged."""
+    with _Container(path) as c:
+        # what the container's index lists: trusted for MP4/MOV (the sample table); AVI headers
+        # count in other units, Matroska does not say
+        listed = c.stream.frames if 'mp4' in c.container.format.name.split(',') else 0
+        rate = c.stream.average_rate or c.stream.guessed_rate
+        has_audio = bool(c.container.streams.audio)
+        first, stored, shown, keys = None, 0, [], []
+        for packet in c.packets():
+            if first is None:  # the decoder drops edit-list pre-roll itself: this is a shown frame
+                try:
+                    first = next(iter(c.codec.decode(packet)), None)
+                except c.errors:
+                    pass
+            if packet is None:
+                continue
+            stored += 1
+            if packet.is_discard:  # decoded only as a reference for later frames (edit lists)
+                continue
+            shown.append(packet.pts if packet.pts is not None else packet.dts)
+            keys.append(packet.is_keyframe)
+        reorders = bool(c.codec.has_b_frames)
+    if first is None or not shown:
+        raise MediaError('%s: corrupt, truncated or unreadable video (%s)'
+                         % (path, c.demux_error or 'no frame could be decoded'))
+    stored += c.empty
+    if c.demux_error or stored < listed:
+        msg = '%s: truncated or damaged video: the file holds %d of the %d frames its container lists' % (
+            path, stored, max(stored, listed)) + (' (%s)' % c.demux_error if c.demux_error else '')
+        if not allow_damaged:
+            raise MediaError(msg + '; --allow_damaged uses what is there')
+        warnings.warn(msg + '; using those (allow_damaged)', DamagedVideoWarning, stacklevel=3)
+    turns = int(round((first.rotation or 0) / 90.0)) % 4  # ffmpeg's autorotate: display matrix
+    h, w = (first.width, first.height) if turns % 2 else (first.height, first.width)
+    info = VideoInfo(len(shown), float(rate) if rate else 25.0, h, w, has_audio)
+    return info, _frame_index(shown, keys, turns, reorders)
+
+
+def _frame_index(shown: list, keys: list, turns: int, reorders: bool) -> _FrameIndex:
+    """The presentation order of the shown packets (decode order differs with B-frames) and the
+    key frames to seek to (by presentation timestamp: demuxers index key frames by it). Without
+    usable timestamps frames are counted from the file start: none, repeated ones, or ones that
+    follow decode order while the codec reorders frames (AVI has decode times only)."""
+    in_decode_order = all(a < b for a, b in zip(shown, shown[1:])) if None not in shown else False
+    if None in shown or len(set(shown)) != len(shown) or (reorders and in_decode_order):
+        return _FrameIndex(quarter_turns=turns)
+    order = np.argsort(np.asarray(shown, np.int64), kind='stable')
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    # key frame 0 is always "the file start": the pre-roll of an edit list sits before it
+    key = sorted((int(rank[j]), shown[j]) for j in range(len(shown)) if keys[j] and rank[j] > 0)
+    return _FrameIndex(np.asarray(shown, np.int64)[order], [0] + [k for k, _ in key],
+                       [None] + [t for _, t in key], turns)
 
 
 # ----------------------------------------------------------------------------------------------
-# Video sources: one interface over ffmpeg videos, GIFs, frame folders and image strips
+# Video sources: one interface over container videos, GIFs, frame folders and image strips
 # ----------------------------------------------------------------------------------------------
 
 class VideoSource:
@@ -148,6 +276,7 @@ class VideoSource:
 
     path: str
     info: VideoInfo
+    allow_damaged: bool = False
 
     @property
     def num_frames(self) -> int:
@@ -172,7 +301,8 @@ class VideoSource:
             yield self.read([i])[0]
 
     def read_all(self) -> np.ndarray:
-        """All frames -> uint8 (T, H, W, 3), streamed into one preallocated array."""
+        """All frames -> uint8 (T, H, W, 3), streamed into one preallocated array. A damaged
+        video opened with allow_damaged gives the frames that decoded (its iterator warned)."""
         out = np.empty((self.num_frames, self.info.height, self.info.width, 3), np.uint8)
         n = 0
         for frame in self:
@@ -183,6 +313,8 @@ class VideoSource:
             out[n] = frame
             n += 1
         if n < len(out):
+            if self.allow_damaged:
+                return out[:n]
             raise MediaError('%s: truncated video (decoded %d of %d frames)' % (self.path, n, len(out)))
         return out
 
@@ -195,127 +327,145 @@ class VideoSource:
         return idx
 
 
-class FfmpegSource(VideoSource):
-    """A container video (.mp4, .mov, .avi, ...). Random access seeks to the nearest key frame
-    before each requested frame and decodes only from there, in one ffmpeg call per key-frame run."""
+class ContainerSource(VideoSource):
+    """A container video (.mp4, .mov, .mkv, .avi, ...), decoded in-process with PyAV.
 
-    decode_threads = 1  # many data-loader workers run at once: one decoder thread each
+    Opening reads the packets once (frame count, key frames; no decoding beyond the first frame).
+    Random access opens the file, seeks to the key frame before each run of wanted frames and
+    decodes up to the last one, skipping the non-reference frames it does not return, then
+    closes the file: nothing stays open between reads, so the source pickles into DataLoader
+    workers and a forked worker shares no decoder with its parent. Streaming decodes the whole
+    file once and checks that every frame the container lists decoded (see allow_damaged)."""
 
-    def __init__(self, path: PathLike):
+    decode_threads = 1  # random access: many data-loader workers decode at once, one thread each
+    stream_threads = 0  # streaming a whole video: FFmpeg picks (frame and slice threads)
+
+    def __init__(self, path: PathLike, allow_damaged: bool = False):
         self.path = str(path)
+        self.allow_damaged = bool(allow_damaged)
         if not os.path.isfile(self.path):
             raise MediaError('%s: video not found' % self.path)
-        self.info, self._seek = _ffmpeg_probe(self.path)
+        self.info, self.index = _probe_container(self.path, self.allow_damaged)
 
-    def _key_before(self, i: int) -> int:
-        """Position in the seek table of the last key frame at or before frame i."""
-        keys = self._seek.key_index
-        lo, hi = 0, len(keys) - 1
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if keys[mid] <= i:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
-
-    def _runs(self, indices: Sequence[int]) -> list:
-        """Sorted unique frames grouped into runs; each run is one ffmpeg call that seeks to the
-        key frame before its first frame. A new run starts when a key frame lies past the
-        previous wanted frame (seeking there beats decoding through)."""
-        runs, cur = [], []
-        for i in sorted(set(indices)):
-            if cur and self._seek.key_index[self._key_before(i)] > cur[-1]:
-                runs.append(cur)
-                cur = []
-            cur.append(i)
-        return runs + [cur] if cur else runs
-
+    # -- random access ----------------------------------------------------------------------
     def read(self, indices: Sequence[int]) -> np.ndarray:
         idx = self._check(indices)
-        got = {}
-        for run in self._runs(idx):
-            got.update(self._decode_run(run))
+        got = dict(self._decode(sorted(set(idx)), every=False))
         return np.stack([got[i] for i in idx])
 
     def iter_span(self, indices: Sequence[int]) -> Iterator[tuple]:
-        for run in self._runs(self._check(indices)):  # streamed: memory is one frame at a time
-            k = self._key_before(run[0])
-            start, t = self._seek.key_index[k], self._seek.key_time[k]
-            n = 0
-            for n, frame in enumerate(_stream_raw(self.path, self.info.height, self.info.width,
-                                                  seek=t, count=run[-1] - start + 1,
-                                                  threads=self.decode_threads), start=1):
-                yield start + n - 1, frame
-            if n < run[-1] - start + 1:
-                raise MediaError('%s: truncated or corrupt video (frame %d of %d could not be '
-                                 'decoded)' % (self.path, start + n, self.num_frames))
+        yield from self._decode(sorted(set(self._check(indices))), every=True)
 
-    def _decode_run(self, run: list) -> dict:
-        """Decode from the key frame before run[0] up to run[-1] and return the frames of `run`
-        (ffmpeg's select filter drops the others before RGB conversion)."""
-        k = self._key_before(run[0])
-        start, t = self._seek.key_index[k], self._seek.key_time[k]
-        h, w = self.info.height, self.info.width
-        cmd = [ffmpeg_exe(), '-hide_banner', '-nostdin', '-loglevel', 'error',
-               '-threads', str(self.decode_threads)]
-        if t is not None:
-            cmd += ['-ss', t]
-        cmd += ['-i', self.path, '-map', '0:v:0',
-                '-vf', 'select=' + '+'.join('eq(n\\,%d)' % (i - start) for i in run),
-                '-fps_mode', 'passthrough', '-frames:v', str(len(run)),
-                '-f', 'rawvideo', '-pix_fmt', 'rgb24', '-']
-        res = _run(cmd, self.path)
-        decode_stats['processes'] += 1
-        decode_stats['decoded'] += run[-1] - start + 1
-        frames = np.frombuffer(res.stdout, np.uint8)
-        n = frames.size // (h * w * 3)
-        if n < len(run):
-            if n == 0 and res.returncode != 0:
-                raise MediaError('%s: cannot decode (%s)' % (self.path, one_line(
-                    RuntimeError(res.stderr.decode('utf-8', 'replace')))))
-            raise MediaError('%s: truncated or corrupt video (frame %d of %d could not be decoded)'
-                             % (self.path, run[n], self.num_frames))
-        frames = frames[:len(run) * h * w * 3].reshape(len(run), h, w, 3)
-        decode_stats['returned'] += len(run)
-        return dict(zip(run, frames))
+    def _runs(self, wanted: list) -> list:
+        """Sorted unique frames grouped into runs [(key position, frames)]; each run seeks to the
+        key frame before its first frame. A new run starts when a key frame lies past the
+        previous wanted frame (seeking there beats decoding through)."""
+        runs = []
+        for i in wanted:
+            key = self.index.key_before(i)
+            if runs and self.index.key_index[key] <= runs[-1][1][-1]:
+                runs[-1][1].append(i)
+            else:
+                runs.append((key, [i]))
+        return runs
 
-    def __iter__(self) -> Iterator[np.ndarray]:
-        h, w = self.info.height, self.info.width
-        yield from _stream_raw(self.path, h, w)
+    def _decode(self, wanted: list, every: bool) -> Iterator[tuple]:
+        """(index, uint8 frame) for the sorted frames `wanted` (every: and all frames decoded on
+        the way), in order. A frame a run missed (a seek that landed past it, damage) is decoded
+        again from the file start; one still missing is an error."""
+        missing = set(wanted)
+        with _Container(self.path, self.decode_threads) as c:
+            for key, run in self._runs(wanted):
+                yield from self._take(c, self._frames(c, key, run, skip=not every), missing, every)
+        if missing:
+            with _Container(self.path, self.decode_threads) as c:
+                yield from self._take(c, self._frames(c, 0, sorted(missing), skip=False), missing, False)
+        if missing:
+            raise MediaError('%s: damaged video: frame %d of %d could not be decoded'
+                             % (self.path, min(missing), self.num_frames))
 
+    def _take(self, c: _Container, frames: Iterator[tuple], missing: set, every: bool) -> Iterator[tuple]:
+        for i, frame in frames:
+            if i in missing or every:
+                if frame.is_corrupt and not self.allow_damaged:
+                    raise MediaError('%s: damaged video: frame %d of %d decoded with errors '
+                                     '(--allow_damaged uses it anyway)' % (self.path, i, self.num_frames))
+                missing.discard(i)
+                yield i, self._upright(c.rgb(frame))
 
-def _stream_raw(path: str, h: int, w: int, seek: Optional[str] = None, count: Optional[int] = None,
-                threads: int = 0) -> Iterator[np.ndarray]:
-    """Decode a video with ffmpeg into a pipe, one uint8 (h, w, 3) frame at a time; optionally
-    from a seek time (seconds, as a string) and for at most `count` frames."""
-    cmd = [ffmpeg_exe(), '-hide_banner', '-nostdin', '-loglevel', 'error', '-threads', str(threads)]
-    cmd += ['-ss', seek] if seek is not None else []
-    cmd += ['-i', path, '-map', '0:v:0', '-fps_mode', 'passthrough']
-    cmd += ['-frames:v', str(count)] if count is not None else []
-    cmd += ['-f', 'rawvideo', '-pix_fmt', 'rgb24', '-']
-    size = h * w * 3
-    with tempfile.TemporaryFile() as errf:  # a file, not a pipe: a chatty ffmpeg cannot block
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errf)
-        decode_stats['processes'] += 1
-        try:
-            while True:
-                buf = proc.stdout.read(size)
-                if len(buf) < size:
-                    break
+    def _frames(self, c: _Container, key: int, run: list, skip: bool) -> Iterator[tuple]:
+        """(index, av frame) of the frames from key frame `key` up to run[-1], decoded from
+        there. skip: the non-reference frames not in `run` are not decoded at all (nothing
+        depends on them; about half of x264's frames)."""
+        start, ts = self.index.key_index[key], self.index.key_ts[key]
+        if ts is not None:
+            c.seek(ts)
+        # else key frame 0: a fresh container is at the file start (runs come in order, and only
+        # the first run or a retry on a new container starts there)
+        decode_stats['runs'] += 1
+        wanted_pts = set(self.index.pts[run].tolist()) if skip and self.index.pts is not None else None
+        following, last = start, run[-1]
+        for packet in c.packets():
+            if wanted_pts is not None:
+                c.codec.skip_frame = 'DEFAULT' if packet is None or packet.pts in wanted_pts else 'NONREF'
+            try:
+                frames = c.codec.decode(packet)
+            except c.errors as e:
+                self._damaged(following, 'decoder error: %s' % _why(e))
+                continue
+            for frame in frames:
                 decode_stats['decoded'] += 1
-                decode_stats['returned'] += 1
-                yield np.frombuffer(buf, np.uint8).reshape(h, w, 3)
-            proc.wait()
-            if proc.returncode != 0:
-                errf.seek(0)
-                msg = errf.read().decode('utf-8', 'replace')
-                raise MediaError('%s: decoding failed (%s)' % (path, one_line(RuntimeError(msg))))
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.stdout.close()
-            proc.wait()
+                i = following if self.index.pts is None else self.index.frame_at(frame.pts)
+                if i < start:  # before the key frame in presentation order (or not a shown frame)
+                    continue
+                following = i + 1
+                yield i, frame
+                if i >= last:
+                    return
+
+    # -- streaming ---------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[np.ndarray]:
+        n = bad = 0
+        with _Container(self.path, self.stream_threads) as c:
+            for packet in c.packets():
+                try:
+                    frames = c.codec.decode(packet)
+                except c.errors as e:
+                    bad += 1
+                    self._damaged(n, 'decoder error: %s' % _why(e))
+                    continue
+                for frame in frames:
+                    decode_stats['decoded'] += 1
+                    if self.index.pts is not None and self.index.frame_at(frame.pts) < 0:
+                        continue  # not one of the shown frames
+                    if frame.is_corrupt:
+                        bad += 1
+                        self._damaged(n, 'frame %d decoded with errors' % n)
+                    n += 1
+                    yield self._upright(c.rgb(frame))
+        if n < self.num_frames or bad or c.demux_error:
+            why = c.demux_error or ('%d decoder error%s' % (bad, 's' if bad != 1 else '') if bad else '')
+            self._damaged(n, why, final=True)
+
+    def _damaged(self, decoded: int, why: str, final: bool = False) -> None:
+        """Decoder trouble: MediaError naming the file and both counts, or with allow_damaged one
+        warning when the whole video has been through (final)."""
+        if not self.allow_damaged:
+            raise MediaError('%s: damaged video: %s %d of %d frames%s; --allow_damaged uses what decodes'
+                             % (self.path, 'decoded' if final else 'stopped after', decoded,
+                                self.num_frames, ' (%s)' % why if why else ''))
+        if final:
+            warnings.warn('%s: damaged video: decoded %d of %d frames%s; using those (allow_damaged)'
+                          % (self.path, decoded, self.num_frames, ' (%s)' % why if why else ''),
+                          DamagedVideoWarning, stacklevel=3)
+
+    def _upright(self, a: np.ndarray) -> np.ndarray:
+        """A decoded RGB frame turned as its display matrix says, at the video's size."""
+        if self.index.quarter_turns:
+            a = np.ascontiguousarray(np.rot90(a, self.index.quarter_turns))
+        if a.shape[:2] != (self.info.height, self.info.width):  # a size change inside the stream
+            a = resize(a, self.info.height, self.info.width)
+        return a
 
 
 class GifSource(VideoSource):
@@ -440,10 +590,13 @@ class StripSource(VideoSource):
         yield from self.read(range(self.num_frames))
 
 
-def open_video(path: PathLike, frame_shape: Optional[Sequence[int]] = None) -> VideoSource:
+def open_video(path: PathLike, frame_shape: Optional[Sequence[int]] = None,
+               allow_damaged: bool = False) -> VideoSource:
     """A VideoSource for a video file, a GIF, a folder of frames or an image strip.
 
-    frame_shape (H, W[, C]) only guides how an image strip is cut into frames."""
+    frame_shape (H, W[, C]) only guides how an image strip is cut into frames. allow_damaged: a
+    container video that holds or decodes fewer frames than it lists is used with a
+    DamagedVideoWarning instead of refused (MediaError naming the file and both counts)."""
     p = Path(path)
     ext = p.suffix.lower()
     if p.is_dir():
@@ -453,7 +606,7 @@ def open_video(path: PathLike, frame_shape: Optional[Sequence[int]] = None) -> V
     if ext == '.gif':
         return GifSource(p)
     if ext in FFMPEG_VIDEO_EXTENSIONS:
-        return FfmpegSource(p)
+        return ContainerSource(p, allow_damaged)
     if ext in IMAGE_EXTENSIONS:
         return StripSource(p, tuple(frame_shape[:2]) if frame_shape else None)
     raise MediaError('%s: unknown media type %r (expected one of %s, an image strip or a folder '
@@ -490,12 +643,16 @@ def iter_video_frames(path: PathLike) -> Iterator[np.ndarray]:
 
 
 def has_audio(path: PathLike) -> bool:
-    """Whether a container video has an audio stream."""
+    """Whether a container video has an audio stream (reads the header only)."""
     p = str(path)
     if Path(p).suffix.lower() not in FFMPEG_VIDEO_EXTENSIONS or not os.path.isfile(p):
         return False
-    res = _run([ffmpeg_exe(), '-hide_banner', '-nostdin', '-i', p], p)
-    return bool(re.search(r'Stream #\d+:\d+.*: Audio:', res.stderr.decode('utf-8', 'replace')))
+    av = _pyav()
+    try:
+        with av.open(p, metadata_errors='ignore') as container:
+            return bool(container.streams.audio)
+    except av.FFmpegError:
+        return False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -529,7 +686,7 @@ class VideoWriter:
     Frames go to a hidden temporary name beside `path`, renamed to `path` on close(); an error
     (or an exception inside the `with`) removes the temporary, so `path` is never half written.
     `crf`/`preset`/`codec` set the encoder (libx264: lower crf = better); `gop` the key-frame
-    interval (ffmpeg's -g; short makes random frame access cheap, see FfmpegSource).
+    interval (ffmpeg's -g; short makes random frame access cheap, see ContainerSource).
     Odd frame sizes are padded to even by repeating the last row/column (yuv420p needs even).
     GIF frames are kept in memory until close (Pillow writes a GIF in one go).
     """

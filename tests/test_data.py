@@ -1,4 +1,5 @@
 """FramesDataset, PairedDataset, augmentation, synthetic data: layouts, sampling, seeding, bad input."""
+import re
 import subprocess
 import sys
 import warnings
@@ -16,6 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 import video_io  # noqa: E402
 from augmentation import AllAugmentationTransform, ColorJitter  # noqa: E402
+from damaged_media import cut_copy, noisy_copy  # noqa: E402
 from frames_dataset import (DatasetError, DatasetRepeater, DatasetWarning, FramesDataset,  # noqa: E402
                             PairedDataset, default_num_workers, read_video, worker_init_fn)
 from synthetic import make_video, write_dataset  # noqa: E402
@@ -201,7 +203,7 @@ def test_training_sample_decodes_only_needed_frames(tmp_path, monkeypatch):
 
     def no_full_read(self):
         raise AssertionError('a training sample decoded the whole video')
-    monkeypatch.setattr(video_io.FfmpegSource, '__iter__', no_full_read)
+    monkeypatch.setattr(video_io.ContainerSource, '__iter__', no_full_read)
 
     for sub, bound in (('one_key', None), ('many_keys', 2 * 12 + 2)):
         ds = FramesDataset(tmp_path / sub, frame_shape=SHAPE, is_train=True, cache_mb=0)
@@ -360,22 +362,29 @@ def test_missing_root_and_empty_folder(tmp_path):
 
 def test_corrupt_and_truncated_videos(tmp_path):
     good = make_video(seed=12, size=32, num_frames=30)
-    (tmp_path / 'a' / 'test').mkdir(parents=True)
-    write_video(tmp_path / 'a' / 'test' / 'fine.mp4', good, fps=25)
-    (tmp_path / 'a' / 'test' / 'junk.mp4').write_bytes(b'\x00\x00\x00\x18ftypmp42' + bytes(range(256)) * 8)
-    with pytest.warns(DatasetWarning, match='junk.mp4'):  # skipped, named, and listed for reports
-        ds = FramesDataset(tmp_path / 'a', frame_shape=SHAPE, is_train=False)
-    assert ds.videos == ['fine.mp4'] and [s['name'] for s in ds.skipped] == ['junk.mp4']
-    assert 'junk.mp4' in ds.skipped[0]['reason']
-    (tmp_path / 'a' / 'test' / 'fine.mp4').unlink()
-    with pytest.warns(DatasetWarning), pytest.raises(DatasetError, match='no readable videos.*junk.mp4'):
-        FramesDataset(tmp_path / 'a', frame_shape=SHAPE, is_train=False)
-    write_video(tmp_path / 'a' / 'test' / 'fine.mp4', good, fps=25)
-    data = (tmp_path / 'a' / 'test' / 'fine.mp4').read_bytes()
+    for split in ('train', 'test'):
+        (tmp_path / 'a' / split).mkdir(parents=True)
+        write_video(tmp_path / 'a' / split / 'fine.mp4', good, fps=25)
+        (tmp_path / 'a' / split / 'junk.mp4').write_bytes(b'\x00\x00\x00\x18ftypmp42' + bytes(range(256)) * 8)
+    with pytest.raises(DatasetError, match='junk.mp4'):  # training: stop at start-up, naming it
+        FramesDataset(tmp_path / 'a', frame_shape=SHAPE, is_train=True)
+    with pytest.warns(DatasetWarning, match='junk.mp4.*evaluation skips it'):  # a test set keeps going
+        test = FramesDataset(tmp_path / 'a', frame_shape=SHAPE, is_train=False)
+    assert test.videos == ['fine.mp4', 'junk.mp4']
+    name, _, frames = test.stream(1)  # evaluation reads it, gets the error, skips it
+    with pytest.raises(DatasetError, match='junk.mp4'):
+        next(frames)
+    with pytest.raises(DatasetError, match='junk.mp4'):
+        test[1]
+    assert test[0]['video'].shape == (3, 30, 32, 32)
+
     (tmp_path / 'b' / 'test').mkdir(parents=True)
-    (tmp_path / 'b' / 'test' / 'cut.mp4').write_bytes(data[:len(data) * 2 // 3])
-    with pytest.warns(DatasetWarning), pytest.raises(DatasetError, match='cut.mp4'):
+    cut_copy(tmp_path / 'a' / 'test' / 'fine.mp4', tmp_path / 'b' / 'test' / 'cut.mp4', keep=2 / 3)
+    with pytest.raises(DatasetError, match=r'cut\.mp4.*holds \d+ of the 30 frames'):  # nothing readable
         FramesDataset(tmp_path / 'b', frame_shape=SHAPE, is_train=False)
+    with pytest.warns(UserWarning, match=r'cut\.mp4.*holds \d+ of the 30 frames'):
+        cut = FramesDataset(tmp_path / 'b', frame_shape=SHAPE, is_train=False, allow_damaged=True)
+    assert 2 <= cut[0]['video'].shape[1] < 30
 
 
 def test_short_videos_skipped_with_one_warning(tmp_path):
@@ -403,7 +412,8 @@ def test_unreadable_images(tmp_path):
     (tmp_path / 'test' / 'strip.png').write_bytes(b'not an image at all')
     with pytest.warns(DatasetWarning, match='strip.png'):
         ds = FramesDataset(tmp_path, frame_shape=SHAPE, is_train=False)
-    assert [s['name'] for s in ds.skipped] == ['strip.png']
+    with pytest.raises(DatasetError, match='strip.png'):
+        ds[ds.videos.index('strip.png')]
 
 
 def test_bad_config_values_name_the_key(shapes):
@@ -458,3 +468,47 @@ def test_synthetic_deterministic_and_cli(tmp_path):
     help_text = subprocess.run([sys.executable, str(ROOT / 'synthetic.py'), '--help'],
                                capture_output=True, text=True).stdout
     assert '(default: 64)' in help_text and '--videos_per_id' in help_text
+
+
+# ---------------------------------------------------------------------------------------------
+# damaged videos end to end: evaluation skips and lists them; --allow_damaged uses them
+# ---------------------------------------------------------------------------------------------
+
+def test_reconstruction_skips_damaged_videos_and_lists_them(tmp_path, capsys):
+    import json
+
+    import yaml
+
+    import run
+    from inference import load_networks
+    test = tmp_path / 'data' / 'test'
+    write_video(test / 'good.mp4', make_video(seed=40, size=64, num_frames=40), fps=25)
+    cut_copy(test / 'good.mp4', test / 'cut.mp4')
+    noisy_copy(test / 'good.mp4', test / 'noise.mp4', seed=3)
+    tiny = ROOT / 'tests' / 'tiny.yaml'
+    config = yaml.safe_load(tiny.read_text())
+    config['dataset_params']['root_dir'] = str(tmp_path / 'data')
+    (tmp_path / 'tiny.yaml').write_text(yaml.safe_dump(config))
+    torch.manual_seed(0)
+    generator, kp_detector, _ = load_networks(str(tiny), None)
+    torch.save({'generator': generator.state_dict(), 'kp_detector': kp_detector.state_dict()}, tmp_path / 'w.pth')
+    args = ['--config', str(tmp_path / 'tiny.yaml'), '--mode', 'reconstruction', '--checkpoint', str(tmp_path / 'w.pth'),
+            '--device', 'cpu', '--precision', 'fp32', '--batch_size', '8']
+
+    with pytest.warns(DatasetWarning, match=r'cut\.mp4.*holds \d+ of the 40 frames'):
+        assert run.main(args + ['--log_dir', str(tmp_path / 'strict')]) == 0
+    out = next((tmp_path / 'strict').iterdir()) / 'reconstruction'
+    report = json.loads((out / 'metrics.json').read_text())
+    assert [v['name'] for v in report['videos']] == ['good.mp4'] and report['mean']['videos'] == 1
+    reasons = {s['name']: s['reason'] for s in report['skipped']}
+    assert sorted(reasons) == ['cut.mp4', 'noise.mp4']
+    assert re.search(r'cut\.mp4: .*holds \d+ of the 40 frames', reasons['cut.mp4'])
+    assert re.search(r'noise\.mp4: damaged video: stopped after \d+ of 40 frames', reasons['noise.mp4'])
+    assert 'skipped noise.mp4' in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ['good.mp4', 'metrics.csv', 'metrics.json']  # nothing half written
+
+    with pytest.warns(UserWarning, match=r'noise\.mp4: damaged video: decoded \d+ of 40 frames'):
+        assert run.main(args + ['--log_dir', str(tmp_path / 'allowed'), '--allow_damaged']) == 0
+    report = json.loads((next((tmp_path / 'allowed').iterdir()) / 'reconstruction' / 'metrics.json').read_text())
+    frames = {v['name']: v['frames'] for v in report['videos']}
+    assert report['skipped'] == [] and frames['good.mp4'] == 40 and 0 < frames['noise.mp4'] < 40

@@ -10,6 +10,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import video_io  # noqa: E402
+from damaged_media import cut_copy, noisy_copy  # noqa: E402
 from synthetic import make_video  # noqa: E402
 from video_io import (MediaError, VideoWriter, copy_audio, ffmpeg_exe, has_audio,  # noqa: E402
                       iter_video_frames, open_video, probe_video, read_frames, read_image,
@@ -80,7 +81,7 @@ def test_keyframe_seeking_is_exact_and_decodes_little(tmp_path):
     path = tmp_path / 'long.mp4'
     write_video(path, video, fps=25, gop=8)
     src = open_video(path)
-    assert len(src._seek.key_index) >= 96 // 8  # the writer's -g took effect
+    assert len(src.index.key_index) >= 96 // 8  # the writer's -g took effect
     full = np.stack(list(src))
     rng = np.random.default_rng(0)
     for _ in range(4):
@@ -216,3 +217,88 @@ def test_edit_list_cut_counts_and_seeks_shown_frames_only(tmp_path):
     assert video.num_frames == len(full) < 60
     idx = [0, 1, len(full) // 2, len(full) - 1]
     np.testing.assert_array_equal(video.read(idx), full[idx])
+
+
+# ---------------------------------------------------------------------------------------------
+# decode integrity (damaged files built here), rotation, processes
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def damaged(tmp_path_factory):
+    """A good 40-frame mp4, the same cut at 60% of its bytes, and with random middle bytes."""
+    folder = tmp_path_factory.mktemp('damaged')
+    write_video(folder / 'good.mp4', make_video(seed=9, size=64, num_frames=40), fps=25)
+    cut_copy(folder / 'good.mp4', folder / 'cut.mp4')
+    noisy_copy(folder / 'good.mp4', folder / 'noise.mp4')
+    return folder
+
+
+def test_damaged_videos_name_the_file_and_both_counts(damaged):
+    good = np.stack(list(open_video(damaged / 'good.mp4')))
+    with pytest.raises(MediaError, match=r'cut\.mp4: truncated or damaged video: the file holds (\d+) of '
+                                         r'the 40 frames') as err:
+        open_video(damaged / 'cut.mp4')
+    assert int(str(err.value).split('holds ')[1].split()[0]) < 40
+    noise = open_video(damaged / 'noise.mp4')  # every packet is there: found while decoding
+    assert noise.num_frames == 40
+    with pytest.raises(MediaError, match=r'noise\.mp4: damaged video: stopped after \d+ of 40 frames'):
+        for _ in noise:
+            pass
+    with pytest.raises(MediaError, match=r'noise\.mp4: damaged video'):
+        noise.read_all()
+
+    for name in ('cut.mp4', 'noise.mp4'):  # opted in: a warning with both counts, the frames that decode
+        with pytest.warns(video_io.DamagedVideoWarning, match=r'%s: damaged video: decoded (\d+) of \d+ frames'
+                          % name.replace('.', r'\.')):
+            frames = open_video(damaged / name, allow_damaged=True).read_all()
+        assert 0 < len(frames) < 40
+        np.testing.assert_array_equal(frames[0], good[0])  # what decodes is the real picture
+
+
+def test_rotation_metadata_is_applied_like_ffmpeg(tmp_path, clip):
+    plain = tmp_path / 'plain.mp4'
+    write_video(plain, clip[:, :, :24], fps=25)  # 32 high, 24 wide
+    for degrees in (90, 180, 270):
+        rotated = tmp_path / ('rot%d.mp4' % degrees)
+        subprocess.run([ffmpeg_exe(), '-v', 'error', '-display_rotation', str(degrees), '-i', str(plain),
+                        '-c', 'copy', str(rotated)], check=True)
+        video = open_video(rotated)
+        h, w = (24, 32) if degrees % 180 else (32, 24)
+        assert (video.info.height, video.info.width) == (h, w)
+        cli = subprocess.run([ffmpeg_exe(), '-v', 'error', '-i', str(rotated), '-f', 'rawvideo',  # auto-rotates
+                              '-pix_fmt', 'rgb24', '-'], check=True, capture_output=True).stdout
+        cli = np.frombuffer(cli, np.uint8).reshape(-1, h, w, 3)
+        ours = np.stack(list(video))
+        assert _mae(ours, cli) < 2 / 255  # the same picture, turned the same way (RGB conversion aside)
+        np.testing.assert_array_equal(video.read([5]), ours[5:6])
+
+
+def _read_in_child(video, inherited, out):
+    inherited.close()  # the parent's open decoder: must not be freed (nor waited on) here
+    out.put(video.read([0, video.num_frames - 1]).sum())
+
+
+def test_sources_pickle_and_fork_without_leaks(tmp_path):
+    import multiprocessing
+    import os
+    import pickle
+    path = tmp_path / 'v.mp4'
+    write_video(path, make_video(seed=10, size=32, num_frames=30), fps=25, gop=10)
+    video = pickle.loads(pickle.dumps(open_video(path)))
+    fds = len(os.listdir('/proc/self/fd'))
+    for i in range(40):
+        video.read([i % 30])
+    for _ in video.iter_span([3, 17]):
+        pass
+    assert len(os.listdir('/proc/self/fd')) <= fds  # nothing stays open between reads
+    stream = iter(video)  # a threaded decoder open in the parent while a worker forks
+    next(stream)
+    queue = multiprocessing.get_context('fork').Queue()
+    child = multiprocessing.get_context('fork').Process(target=_read_in_child, args=(video, stream, queue))
+    child.start()
+    child.join(30)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == 0, 'the forked reader hung or failed'
+    assert queue.get(timeout=5) == video.read([0, 29]).sum()
+    stream.close()
