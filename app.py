@@ -21,6 +21,7 @@ import copy
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -160,7 +161,9 @@ class App:
                  batch_size: int = 4, work_dir: Optional[str] = None):
         self.limits = limits or Limits()
         self.models = ModelCache(cache_size, device=device, batch_size=batch_size)
-        self.work = tempfile.mkdtemp(prefix='fomm-app-', dir=work_dir)  # outputs, until Gradio has copied them
+        self.work = tempfile.mkdtemp(prefix='fomm-app-', dir=work_dir)  # all this server's temporary files
+        self.outputs = os.path.join(self.work, 'outputs')  # results, until Gradio has copied them
+        os.makedirs(self.outputs)
         atexit.register(shutil.rmtree, self.work, True)
 
     def close(self) -> None:
@@ -267,7 +270,7 @@ class App:
     def output_paths(self, source: str, driving: str) -> Tuple[str, str]:
         """A fresh folder for one request's result and preview, named after the inputs."""
         self.prune()
-        folder = tempfile.mkdtemp(dir=self.work)
+        folder = tempfile.mkdtemp(dir=self.outputs)
         stem = '%s-by-%s' % (safe_stem(source), safe_stem(driving))
         result, preview = os.path.join(folder, stem + '.mp4'), os.path.join(folder, stem + '-preview.mp4')
         check_outputs({'result': result, 'preview': preview}, {'source image': source, 'driving video': driving})
@@ -299,7 +302,7 @@ class App:
     def prune(self) -> None:
         """Remove the output folders of requests older than KEEP_OUTPUTS_S (Gradio serves its copies)."""
         now = time.time()
-        for entry in os.scandir(self.work):
+        for entry in os.scandir(self.outputs):
             try:
                 if entry.is_dir() and now - entry.stat().st_mtime > KEEP_OUTPUTS_S:
                     shutil.rmtree(entry.path, ignore_errors=True)
@@ -578,10 +581,19 @@ def check_args(args: argparse.Namespace) -> None:
     resolve_precision(args.precision, resolve_device(args.device))
 
 
+def stop(signum, frame):
+    raise KeyboardInterrupt  # Gradio's launch() closes the server on it and returns
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         check_args(args)
+        # uploads and Gradio's copies of results in a folder of this server's own, removed when it
+        # stops (Gradio reads the variable when it is imported)
+        if not os.environ.get('GRADIO_TEMP_DIR'):
+            os.environ['GRADIO_TEMP_DIR'] = tempfile.mkdtemp(prefix='fomm-app-gradio-')
+            atexit.register(shutil.rmtree, os.environ['GRADIO_TEMP_DIR'], True)
         import gradio as gr
     except ValueError as e:
         print('%s: error: %s' % (PROG, e), file=sys.stderr)
@@ -593,6 +605,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     limits = Limits(args.max_upload_mb, args.max_checkpoint_mb, args.max_frames)
     app = App(limits, device=args.device, cache_size=args.models, batch_size=args.batch_size)
     page = build_page(app, args.precision, args.concurrency)
+    signal.signal(signal.SIGTERM, stop)  # a clean stop, so that the temporary files are removed
     print('%s: serving on http://%s:%d (Ctrl-C stops)' % (PROG, args.host, args.port), file=sys.stderr)
     try:
         page.launch(server_name=args.host, server_port=args.port, show_error=False, ssr_mode=False, quiet=True,

@@ -150,7 +150,7 @@ def test_bad_inputs_each_give_one_line(server, uploads):
         message = page_error(server.animate, bad)
         assert expected in message, (expected, message)
         assert str(uploads) not in message and '/tmp/' not in message  # names the user's file, not the server's path
-    assert os.listdir(server.work) == []  # failed requests leave nothing behind
+    assert os.listdir(server.outputs) == []  # failed requests leave nothing behind
     result, _ = server.animate(request(SOURCE, short))  # and the next request is served
     assert probe_video(result).num_frames == 6
 
