@@ -606,16 +606,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     app = App(limits, device=args.device, cache_size=args.models, batch_size=args.batch_size)
     page = build_page(app, args.precision, args.concurrency)
     signal.signal(signal.SIGTERM, stop)  # a clean stop, so that the temporary files are removed
-    print('%s: serving on http://%s:%d (Ctrl-C stops)' % (PROG, args.host, args.port), file=sys.stderr)
     try:
         page.launch(server_name=args.host, server_port=args.port, show_error=False, ssr_mode=False, quiet=True,
                     max_file_size='%dmb' % int(max(limits.max_upload_mb, limits.max_checkpoint_mb) + 1),
-                    theme=theme(gr), footer_links=[], allowed_paths=[])
-    except OSError as e:  # the port is taken, the address is not this machine's
-        print('%s: error: --host %s --port %d: %s' % (PROG, args.host, args.port, tidy(e, {})), file=sys.stderr)
+                    theme=theme(gr), footer_links=[], allowed_paths=[], prevent_thread_lock=True)
+    except OSError as e:  # the port is taken, or the address is not this machine's
+        app.close()
+        reason = 'in use, or not an address of this machine' if 'empty port' in str(e) else tidy(e, {})
+        print('%s: error: --host %s --port %d: %s (choose another with --port N)'
+              % (PROG, args.host, args.port, reason), file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        pass
+    print('%s: serving on http://%s:%d (Ctrl-C stops)' % (PROG, args.host, args.port), file=sys.stderr)
+    try:
+        page.block_thread()  # until Ctrl-C or SIGTERM, which close the server
     finally:
         app.close()
     return 0
