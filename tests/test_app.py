@@ -238,6 +238,10 @@ def test_page_builds_with_the_samples_and_the_models():
                      'reference-button', 'live-speed'):
             assert elem in names
         assert web.DEFAULT_CONFIG in web.list_configs() and web.DEFAULT_CHECKPOINT in web.list_checkpoints()
+        # the queue bounds the animations (and webcam streams) that run at once
+        assert page._queue.default_concurrency_limit == 2
+        groups = {fn.name: fn.concurrency_id for fn in page.fns.values()}
+        assert groups['animate'] == 'animate' and groups['frame_in'] == 'live'
     finally:
         handlers.close()
 
