@@ -245,7 +245,8 @@ class App:
             return self.models.get(config, checkpoint, choice.precision)
         except (CheckpointError, ConfigError, ValueError, OSError) as e:
             what = ' + '.join(names[p] for p in (config, checkpoint) if p)
-            raise AppError('model %s: %s' % (what, tidy(e, names).replace('give --config', 'choose its config'))) from None
+            line = tidy(e, names).replace('give --config', 'choose its config')
+            raise AppError('model %s: %s' % (what, line)) from None
 
     # ------------------------------------------------------------------------ animate
     def photo_options(self, request: AnimateRequest) -> PhotoOptions:
@@ -276,7 +277,8 @@ class App:
         check_outputs({'result': result, 'preview': preview}, {'source image': source, 'driving video': driving})
         return result, preview
 
-    def animate(self, request: AnimateRequest, progress: Optional[Callable[[int, int], None]] = None) -> Tuple[str, str]:
+    def animate(self, request: AnimateRequest,
+                progress: Optional[Callable[[int, int], None]] = None) -> Tuple[str, str]:
         """(result video, side-by-side preview) for one request: pipeline.animate_photo, as demo.py."""
         from face import FaceToolsError
 
@@ -292,8 +294,8 @@ class App:
                           device=str(engine.device))
         except (MediaError, OutputError, FaceToolsError, ValueError) as e:
             shutil.rmtree(os.path.dirname(result), ignore_errors=True)
-            line = tidy(e, names).replace('--best_frame', 'frame number').replace('--detector haar', 'the haar detector')
-            raise AppError(line) from None
+            line = tidy(e, names).replace('--best_frame', 'frame number')  # the page's words for demo.py's flags
+            raise AppError(line.replace('--detector haar', 'the haar detector')) from None
         except BaseException:
             shutil.rmtree(os.path.dirname(result), ignore_errors=True)
             raise
@@ -509,8 +511,8 @@ def live_tab(gr, app: App, model: list) -> None:
     def frame_in(frame, source, relative, adapt, session, config, checkpoint, upload, precision):
         session = session if session is not None else LiveSession()
         try:
-            out, line, session = app.live_frame(session, frame, source, ModelChoice(config, checkpoint, upload, precision),
-                                                relative, adapt)
+            choice = ModelChoice(config, checkpoint, upload, precision)
+            out, line, session = app.live_frame(session, frame, source, choice, relative, adapt)
         except AppError as e:  # shown in place of the speed: a toast per frame would flood the page
             return None, str(e), session
         return (shown_image(out, 256) if out is not None else None), line, session

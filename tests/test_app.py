@@ -176,8 +176,9 @@ def test_uploads_over_the_limits_are_refused(uploads):
         assert 'short.mp4 has 6 frames, over this server\'s limit of 5 (app.py --max_frames)' in page_error(
             small.animate, request(SOURCE, uploads / 'short.mp4'))
         small.limits.max_frames = 10
-        assert 'checkpoint: tiny.pth.tar is' in page_error(
-            small.animate, request(SOURCE, uploads / 'short.mp4', model=web.ModelChoice(upload=str(uploads / 'tiny.pth.tar'))))
+        upload = web.ModelChoice(upload=str(uploads / 'tiny.pth.tar'))
+        assert 'checkpoint: tiny.pth.tar is' in page_error(small.animate, request(SOURCE, uploads / 'short.mp4',
+                                                                                 model=upload))
     finally:
         small.close()
 

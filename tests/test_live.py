@@ -115,7 +115,7 @@ def test_bad_input_is_one_line(extra, message, capsys):
 
 def test_without_pyvirtualcam_says_how_to_get_output(capsys):
     try:
-        import pyvirtualcam  # noqa: F401
+        import pyvirtualcam  # noqa: F401 - only whether it imports
         pytest.skip('pyvirtualcam is installed here')
     except ImportError:
         pass
