@@ -141,8 +141,13 @@ class ModelCache:
                 if engine is not None:
                     self.engines.move_to_end(key)
             if engine is None:
-                engine = AnimationEngine.from_checkpoint(config, checkpoint, device=self.device, precision=precision,
-                                                         batch_size=self.batch_size)
+                try:
+                    engine = AnimationEngine.from_checkpoint(config, checkpoint, device=self.device,
+                                                             precision=precision, batch_size=self.batch_size)
+                except BaseException:
+                    with self.lock:
+                        self.loading.pop(key, None)  # bad uploads leave no entry behind
+                    raise
                 with self.lock:
                     self.loads += 1
                     self.engines[key] = engine

@@ -129,6 +129,24 @@ def test_model_loaded_once_and_shared_by_concurrent_requests(server, uploads):
     assert server.models.loads == 1
 
 
+def test_cache_loads_a_model_once_for_simultaneous_first_requests(uploads):
+    cache = web.ModelCache(size=1)
+    config, checkpoint = str(web.CONFIG_DIR / web.DEFAULT_CONFIG), str(web.CHECKPOINT_DIR / web.DEFAULT_CHECKPOINT)
+    views = []
+    threads = [threading.Thread(target=lambda: views.append(cache.get(config, checkpoint, 'fp32'))) for _ in range(3)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert cache.loads == 1 and len(views) == 3
+    assert views[0] is not views[1] and views[0].generator is views[1].generator  # own views, shared networks
+    cache.get(None, str(uploads / 'tiny.pth.tar'), 'fp32')  # a second model pushes the first out (size 1)
+    assert cache.loads == 2 and len(cache.engines) == 1
+    cache.get(config, checkpoint, 'fp32')
+    assert cache.loads == 3
+    with pytest.raises(Exception):
+        cache.get(config, str(uploads / 'tiny.pth.tar'), 'fp32')  # does not fit: nothing kept
+    assert len(cache.loading) == len(cache.engines) == 1
+
+
 def test_bad_inputs_each_give_one_line(server, uploads):
     tiny = web.ModelChoice(upload=str(uploads / 'tiny.pth.tar'), precision='fp32')
     short = uploads / 'short.mp4'
