@@ -569,7 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--concurrency', type=int, default=1,
                    help='animations (and webcam streams) running at once; more requests wait in the queue')
     p.add_argument('--models', type=int, default=2, help='models kept loaded (least recently used dropped)')
-    p.add_argument('--device', default=None, help='cpu, cuda or cuda:N (default: cuda when available, else cpu)')
+    p.add_argument('--device', default=None, help='cpu, cuda or cuda:N; none: cuda when available, else cpu')
     p.add_argument('--precision', default='auto', choices=PRECISIONS,
                    help='the page\'s default; auto: bf16 on CUDA and on CPUs with native bf16, else fp32')
     p.add_argument('--batch_size', type=int, default=4, help='driving frames per forward pass')

@@ -184,12 +184,12 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=_Formatter)
     p.add_argument('--config', default=None,
-                   help='model config (YAML); default: the config stored in the checkpoint')
+                   help='model config (YAML); none: the config stored in the checkpoint')
     p.add_argument('--checkpoint', default=DEFAULT_CHECKPOINT, help='weights (.pth.tar) that fit the config')
     p.add_argument('--source', nargs='+', default=[DEFAULT_SOURCE],
                    help='one or more source images (n switches between them)')
     given = p.add_mutually_exclusive_group()
-    given.add_argument('--camera', type=int, default=None, help='camera index (OpenCV); the default input: 0')
+    given.add_argument('--camera', type=int, default=None, help='camera index (OpenCV); with neither --camera nor --video: 0')
     given.add_argument('--video', default=None, help='a video file standing in for the camera')
     p.add_argument('--headless', action='store_true', help='no virtual camera: write the frames to --output')
     p.add_argument('--output', default=None, help='with --headless: the video to write (.mp4, .mov, .mkv, .avi, .gif)')
@@ -199,11 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--absolute', action='store_true', help='absolute keypoints instead of motion relative to '
                    'the reference frame')
     p.add_argument('--adapt_scale', action='store_true', help='scale the motion by the keypoints\' spread')
-    p.add_argument('--out_size', type=int, default=None, help='output frames resized to N x N (default: the model\'s)')
-    p.add_argument('--fps', type=float, default=None, help='output fps (default: the video\'s or the camera\'s)')
+    p.add_argument('--out_size', type=int, default=None, help='output frames resized to N x N; none: the model\'s size')
+    p.add_argument('--fps', type=float, default=None, help='output fps; none: the video\'s or the camera\'s')
     p.add_argument('--max_frames', type=int, default=0, help='stop after this many frames (0: when the input ends)')
     p.add_argument('--keys', default='', help='scripted key presses FRAME:KEY,... (e.g. "30:n,60:r"), as if typed')
-    p.add_argument('--device', default=None, help='cpu, cuda or cuda:N (default: cuda when available, else cpu)')
+    p.add_argument('--device', default=None, help='cpu, cuda or cuda:N; none: cuda when available, else cpu')
     p.add_argument('--precision', default='auto', choices=PRECISIONS,
                    help='auto: bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32')
     return p

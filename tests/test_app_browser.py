@@ -11,7 +11,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -79,9 +78,9 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def page(server):
-    with playwright.sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(tempfile.mkdtemp(prefix='fomm-chromium-'),
+def page(server, tmp_path_factory):
+    with playwright.sync_playwright() as p:  # a fresh profile (--user-data-dir) for every run
+        context = p.chromium.launch_persistent_context(str(tmp_path_factory.mktemp('chromium-profile')),
                                                        executable_path=chromium(), headless=True, args=CHROMIUM_FLAGS,
                                                        viewport={'width': 1280, 'height': 1000})
         tab = context.new_page()
