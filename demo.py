@@ -62,7 +62,12 @@ def find_best_frame(source: np.ndarray, driving: Sequence[np.ndarray], cpu: bool
 
 # ----------------------------------------------------------------------------------- CLI
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    """Shows defaults, except where the help already says what happens without the flag."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or 'default' in (action.help or ''):
+            return action.help or ''
+        return super()._get_help_string(action)
 
 
 class UserError(Exception):
