@@ -8,8 +8,9 @@ Same API as the torch engine (inference.AnimationEngine), same frames within flo
         writer.write(frame)                                # (H, W, 3) uint8
 
 It imports numpy, onnxruntime and the project's torch-free foundation (images, config,
-modules/keypoints), never torch: a server or an app needs ~10x less to install. The export holds
-three graphs (file names and tensor names in its manifest.json):
+modules/keypoints), never torch: onnxruntime with its dependencies installs in 80 MB, torch in
+818 MB (bench/bench_onnx.py --install_sizes). The export holds three graphs (file names and tensor
+names in its manifest.json):
 
     kp_detector  frames (B, 3, H, W) -> kp_value (B, K, 2), kp_jacobian (B, K, 2, 2)
     source       source (1, 3, H, W) -> encoded (1, C', h, w), the generator's encoding
@@ -17,7 +18,7 @@ three graphs (file names and tensor names in its manifest.json):
                  -> prediction (B, 3, H, W) [, occlusion_map (B, 1, h', w')]
 
 The source's keypoints come from the kp_detector graph (a source graph holding them too would
-carry a second copy of the detector's weights: +57 MB for vox-256). Between the two per-frame
+carry a second copy of the detector's weights: +78 MB for vox-256). Between the two per-frame
 graphs, the keypoints are normalised in numpy by modules.keypoints.normalize_kp, the function
 the torch engine runs. The graphs have a fixed frame size (the config's frame_shape): frames of
 another size are refused with a message (fit them first, as demo.py does with images.fit).
