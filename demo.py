@@ -7,7 +7,8 @@ The image (any size or aspect ratio; gray, RGBA and 16-bit files are converted) 
 frames are fitted to the config's frame_shape (--fit); the result keeps the driving video's fps
 and, by default, its audio. With --crop_source the face is cut from the photo first, and with
 --paste_back every generated frame is blended back into the full-resolution photo. A checkpoint
-written by this project carries its config, so --config may be left out for it.
+written by this project carries its config, so --config may be left out for it. With --backend onnx
+--onnx_dir DIR the networks run from a folder written by export.py on onnxruntime instead of torch.
 
 Outputs never replace an input, nor a file or folder this tool did not write (unless --overwrite).
 
@@ -24,10 +25,8 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from images import FITS, MediaError, read_image
-from inference import AnimationEngine, load_networks
 from outputs import OutputError, check_outputs, exit_on_sigterm
 from pipeline import PhotoOptions, animate_photo, check_driving
-from runtime import resolve_device
 
 PROG = 'demo.py'
 
@@ -36,6 +35,9 @@ PROG = 'demo.py'
 def load_checkpoints(config_path: str, checkpoint_path: str, cpu: bool = False):
     """(generator, kp_detector) built from a config, weights loaded (weights_only), eval mode, on
     CUDA unless `cpu` (or no GPU is present)."""
+    from inference import load_networks
+    from runtime import resolve_device
+
     generator, kp_detector, _ = load_networks(config_path, checkpoint_path)
     device = resolve_device('cpu' if cpu else None)
     return generator.to(device).eval(), kp_detector.to(device).eval()
@@ -46,6 +48,8 @@ def make_animation(source_image: np.ndarray, driving_video: Sequence[np.ndarray]
                    batch_size: int = 8) -> List[np.ndarray]:
     """The source image (H, W, 3) float in [0, 1] animated by the driving frames (a list of the
     same), in fp32 -> list of (H, W, 3) float32 frames, as the original returned."""
+    from inference import AnimationEngine
+
     device = 'cpu' if cpu else next(generator.parameters()).device
     engine = AnimationEngine(generator, kp_detector, device=device, precision='fp32', batch_size=batch_size)
     engine.set_source(source_image)
@@ -127,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--batch_size', type=int, default=4, help='driving frames per forward pass')
     p.add_argument('--compile', action='store_true',
                    help='torch.compile the networks (slow start, faster on long videos)')
+    p.add_argument('--backend', choices=('torch', 'onnx'), default='torch',
+                   help='onnx: run an export of export.py (--onnx_dir) with onnxruntime instead of torch '
+                        '(--config, --checkpoint, --precision and --compile are then not used)')
+    p.add_argument('--onnx_dir', default=None, help='--backend onnx: the folder export.py wrote')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
     return p
 
@@ -147,7 +155,10 @@ def check_args(args: argparse.Namespace) -> None:
 
     if args.adapt_scale and not args.relative:
         print('%s: note: --adapt_scale has no effect without --relative' % PROG, file=sys.stderr)
-    inputs = {flag: getattr(args, flag[2:]) for flag in ('--source_image', '--driving_video', '--checkpoint', '--config')}
+    model_flags = ('--onnx_dir',) if args.backend == 'onnx' else ('--checkpoint', '--config')
+    if args.backend == 'onnx' and not args.onnx_dir:
+        raise UserError('--backend onnx needs --onnx_dir (a folder written by export.py)')
+    inputs = {flag: getattr(args, flag[2:]) for flag in ('--source_image', '--driving_video') + model_flags}
     for flag, path in inputs.items():
         if path is not None and not os.path.exists(path):
             raise UserError('%s: file not found: %s' % (flag, path))
@@ -169,6 +180,26 @@ def make_landmarker(args: argparse.Namespace):
         raise UserError('--find_best_frame: %s' % e) from None
 
 
+def make_engine(args: argparse.Namespace):
+    """The torch engine, or with --backend onnx the onnxruntime one (same API; torch is then not
+    imported at all, so the demo runs where only onnxruntime is installed)."""
+    device = 'cpu' if args.cpu else args.device
+    if args.backend == 'torch':
+        from checkpoint import CheckpointError
+        from inference import AnimationEngine
+        try:
+            return AnimationEngine.from_checkpoint(args.config, args.checkpoint, device=device,
+                                                   precision=args.precision, batch_size=args.batch_size,
+                                                   compile=args.compile)
+        except CheckpointError as e:
+            raise UserError(str(e)) from None
+    try:
+        from onnx_engine import OnnxEngine
+    except ImportError as e:
+        raise UserError('--backend onnx: %s (pip install -r requirements-onnx.txt)' % e) from None
+    return OnnxEngine.from_export(args.onnx_dir, batch_size=args.batch_size, device=device)
+
+
 def run(args: argparse.Namespace) -> str:
     """The demo; returns the written path. Raises UserError (and the project's one-line errors)."""
     from tqdm import tqdm
@@ -181,9 +212,7 @@ def run(args: argparse.Namespace) -> str:
     video = open_video(args.driving_video, allow_damaged=args.allow_damaged)
     check_driving(video, options)
     landmarker = make_landmarker(args) if args.find_best_frame else None
-    engine = AnimationEngine.from_checkpoint(args.config, args.checkpoint, device='cpu' if args.cpu else args.device,
-                                             precision=args.precision, batch_size=args.batch_size,
-                                             compile=args.compile)
+    engine = make_engine(args)
     with tqdm(total=video.num_frames, unit='frame', desc='animate', disable=args.quiet) as bar:
         animate_photo(engine, photo, video, args.result_video, options, preview=args.preview, landmarker=landmarker,
                       progress=lambda done, total: bar.update(done - bar.n), device=str(engine.device))
@@ -193,13 +222,12 @@ def run(args: argparse.Namespace) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     exit_on_sigterm()  # SIGTERM unwinds like Ctrl-C: no half-written temporary stays behind
-    from checkpoint import CheckpointError
     from config import ConfigError
     from face import FaceToolsError
 
     try:
         path = run(args)
-    except (UserError, ConfigError, CheckpointError, MediaError, OutputError, FaceToolsError, ValueError,
+    except (UserError, ConfigError, MediaError, OutputError, FaceToolsError, ValueError,
             OSError) as e:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print('%s: error: %s' % (PROG, message), file=sys.stderr)

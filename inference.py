@@ -23,6 +23,7 @@ import torch
 
 from checkpoint import CheckpointError, checkpoint_config, load_checkpoint, read_checkpoint
 from config import Config, config_from_dict, load_config
+from engine_api import animate_outputs
 from images import to_float
 from modules.fused import fuse_for_inference, shallow_clone
 from modules.keypoints import normalize_kp
@@ -30,7 +31,6 @@ from runtime import autocast, resolve_device, resolve_precision
 
 Frame = Union[np.ndarray, torch.Tensor]
 KP = Dict[str, torch.Tensor]
-OUTPUTS = ('uint8', 'float', 'batch')
 
 
 def stack_frames(frames, device: torch.device) -> torch.Tensor:
@@ -298,17 +298,10 @@ class AnimationEngine:
         output: 'uint8' -> (H, W, 3) uint8 frames; 'float' -> (H, W, 3) float32 frames in [0, 1];
         'batch' -> float32 (B, 3, H, W) tensors on the device, one per batch. with_inputs: yield
         (driving frame as given, output frame) pairs instead (not with 'batch')."""
-        if output not in OUTPUTS or (with_inputs and output == 'batch'):
-            raise ValueError('output: %r is not one of %s%s' % (output, ', '.join(OUTPUTS),
-                                                                 ' (with_inputs: not batch)' if with_inputs else ''))
-        for result in self.stream(driving_frames, relative=relative, adapt_scale=adapt_scale,
-                                  relative_jacobian=relative_jacobian, initial_frame=initial_frame):
-            prediction = result['prediction']
-            if output == 'batch':
-                yield prediction
-                continue
-            frames = to_uint8_frames(prediction) if output == 'uint8' else prediction.permute(0, 2, 3, 1).cpu().numpy()
-            yield from (zip(result['frames'], frames) if with_inputs else frames)
+        results = self.stream(driving_frames, relative=relative, adapt_scale=adapt_scale,
+                              relative_jacobian=relative_jacobian, initial_frame=initial_frame)
+        return animate_outputs(results, output, with_inputs, to_uint8_frames,
+                               lambda batch: batch.permute(0, 2, 3, 1).cpu().numpy())
 
     @torch.inference_mode()
     def animate_frame(self, frame: Frame, relative: bool = True, adapt_scale: bool = False,

@@ -68,6 +68,12 @@ class FusedUpBlock(nn.Module):
         b, _, h, w = x.shape
         y = F.conv2d(F.pad(x, (1, 1, 1, 1)), self.weight, self.bias)  # (B, 4*Co, h+1, w+1)
         y = y.view(b, 2, 2, self.out_channels, h + 1, w + 1)
+        if torch.jit.is_tracing() or getattr(torch.compiler, 'is_exporting', bool)():  # (torch >= 2.4)
+            # ONNX export: the phases interleaved by stack + reshape (Transpose/Reshape in the graph)
+            # rather than by the slice writes below, which export as dozens of ScatterND nodes
+            phases = torch.stack([torch.stack([y[:, a, c, :, a:a + h, c:c + w] for c in (0, 1)], -1)
+                                  for a in (0, 1)], 3)  # (B, Co, h, 2, w, 2)
+            return F.relu(phases.reshape(b, self.out_channels, 2 * h, 2 * w))
         layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
             else torch.contiguous_format
         out = torch.empty(b, self.out_channels, 2 * h, 2 * w, dtype=y.dtype, device=y.device, memory_format=layout)
