@@ -97,9 +97,22 @@ def list_configs() -> list:
 
 
 def list_checkpoints() -> list:
+    """Checkpoint files in checkpoints/, and ONNX export folders there (export.py --out
+    checkpoints/NAME), listed as 'NAME/': those run on the torch-free onnxruntime engine."""
     if not CHECKPOINT_DIR.is_dir():
         return []
-    return sorted(p.name for p in CHECKPOINT_DIR.iterdir() if p.is_file() and p.name.endswith(CHECKPOINT_SUFFIXES))
+    return sorted([p.name for p in CHECKPOINT_DIR.iterdir() if p.is_file() and p.name.endswith(CHECKPOINT_SUFFIXES)]
+                  + [p.name + '/' for p in CHECKPOINT_DIR.iterdir() if (p / 'manifest.json').is_file()])
+
+
+def load_engine(config: Optional[str], checkpoint: str, precision: str, device: Optional[str], batch_size: int):
+    """The torch engine for a checkpoint file; the onnxruntime engine for an export folder (its
+    manifest carries the config and the precision it was exported at)."""
+    if os.path.isdir(checkpoint):
+        from onnx_engine import OnnxEngine
+        return OnnxEngine.from_export(checkpoint, batch_size=batch_size, device=device)
+    return AnimationEngine.from_checkpoint(config, checkpoint, device=device, precision=precision,
+                                           batch_size=batch_size)
 
 
 def tidy(message: str, names: Dict[str, str]) -> str:
@@ -128,7 +141,7 @@ class ModelCache:
         self.loads = 0  # models loaded from disk (tests check the sharing)
 
     def key(self, config: Optional[str], checkpoint: str, precision: str) -> tuple:
-        stat = os.stat(checkpoint)
+        stat = os.stat(os.path.join(checkpoint, 'manifest.json') if os.path.isdir(checkpoint) else checkpoint)
         return (config, os.path.realpath(checkpoint), stat.st_size, stat.st_mtime_ns, precision)
 
     def get(self, config: Optional[str], checkpoint: str, precision: str = 'auto') -> AnimationEngine:
@@ -142,8 +155,7 @@ class ModelCache:
                     self.engines.move_to_end(key)
             if engine is None:
                 try:
-                    engine = AnimationEngine.from_checkpoint(config, checkpoint, device=self.device,
-                                                             precision=precision, batch_size=self.batch_size)
+                    engine = load_engine(config, checkpoint, precision, self.device, self.batch_size)
                 except BaseException:
                     with self.lock:
                         self.loading.pop(key, None)  # bad uploads leave no entry behind
@@ -422,8 +434,9 @@ def model_block(gr, app: App, precision: str) -> list:
     """The model controls shared by both tabs: [config, checkpoint, upload, precision]."""
     with gr.Accordion('Model: the embedded default (64x64 shapes), or your own', open=False):
         gr.Markdown('A config from `config/` with a checkpoint from `checkpoints/`, or a checkpoint you upload '
-                    '(it wins over the list). Checkpoints written by this project carry their config: choose "%s".'
-                    % FROM_CHECKPOINT)
+                    '(it wins over the list). Checkpoints written by this project carry their config: choose "%s". '
+                    'A folder `NAME/` in the list is an ONNX export (`export.py --out checkpoints/NAME`): it runs '
+                    'on onnxruntime, with the config and precision it was exported with.' % FROM_CHECKPOINT)
         with gr.Row():
             config = gr.Dropdown([FROM_CHECKPOINT] + list_configs(), value=DEFAULT_CONFIG, label='Config')
             checkpoint = gr.Dropdown(list_checkpoints(), value=DEFAULT_CHECKPOINT, label='Checkpoint')

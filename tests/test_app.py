@@ -270,3 +270,29 @@ def test_cli_refuses_bad_flags(capsys):
     assert capsys.readouterr().err.strip() == 'app.py: error: --port: 0 is not a port (1-65535)'
     assert web.main(['--max_frames', '0']) == 1
     assert '--max_frames: must be > 0' in capsys.readouterr().err
+
+
+def test_an_onnx_export_in_checkpoints_runs_on_onnxruntime(server, tmp_path, monkeypatch):
+    """An export folder (export.py --out checkpoints/NAME) is listed as 'NAME/' and animates through
+    the torch-free engine: the same frames as the torch engine, to within a grey level."""
+    pytest.importorskip('onnxruntime', reason='needs requirements-onnx.txt')
+    import export
+    folder = tmp_path / 'checkpoints'
+    folder.mkdir()
+    os.symlink(web.CHECKPOINT_DIR / web.DEFAULT_CHECKPOINT, folder / web.DEFAULT_CHECKPOINT)
+    assert export.main(['--checkpoint', str(folder / web.DEFAULT_CHECKPOINT), '--out', str(folder / 'shapes')]) == 0
+    monkeypatch.setattr(web, 'CHECKPOINT_DIR', folder)
+    assert web.list_checkpoints() == [web.DEFAULT_CHECKPOINT, 'shapes/']
+    onnx = web.ModelChoice(config=web.FROM_CHECKPOINT, checkpoint='shapes/', precision='fp32')
+    from images import read_image
+    from onnx_engine import OnnxEngine
+    engines = server.engine(onnx), server.engine(FP32)
+    assert isinstance(engines[0], OnnxEngine)
+    frames = list(open_video(DRIVING))
+    outputs = []
+    for engine in engines:
+        engine.set_source(read_image(SOURCE))
+        outputs.append(np.stack(list(engine.animate(frames, relative=True))).astype(int))
+    assert np.abs(outputs[0] - outputs[1]).max() <= 1  # rounding of outputs 1e-4 apart
+    result, _ = web.page_call(server.animate, request(model=onnx))
+    assert probe_video(result).num_frames == len(frames)
