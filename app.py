@@ -34,6 +34,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from cli import HelpFormatter
 from images import FITS, MediaError, fit, read_image
 from inference import AnimationEngine
 from outputs import OutputError, check_outputs
@@ -566,12 +567,8 @@ def theme(gr):
 
 
 # ------------------------------------------------------------------------------- CLI
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=_Formatter)
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=HelpFormatter)
     p.add_argument('--host', default='127.0.0.1', help='address to listen on (0.0.0.0: every interface)')
     p.add_argument('--port', type=int, default=7860, help='port to listen on')
     p.add_argument('--max_upload_mb', type=float, default=Limits.max_upload_mb,

@@ -20,6 +20,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from cli import HelpFormatter, report
 from face import DETECTORS, FA_WEIGHTS_ENV, CropGeometry, Detector, FaceToolsError, iou, make_detector, square_box
 from images import resize
 
@@ -248,18 +249,9 @@ def _image_shape(text: str) -> tuple[int, int]:
     return height, width
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except the unset (None) ones and flags, whose help says what happens."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or action.default is False:
-            return action.help or ''
-        return super()._get_help_string(action)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, formatter_class=_HelpFormatter,
+        prog=PROG, formatter_class=HelpFormatter,
         description='Detect and track faces in a video and write one square clip per stable '
                     'face track (ready for the model: e.g. the vox-256 config).')
     parser.add_argument('--inp', required=True, type=Path, help='input video')
@@ -343,8 +335,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         run(args)
     except FaceToolsError as err:
-        print('%s: error: %s' % (PROG, err), file=sys.stderr)
-        return 1
+        return report(PROG, err)
     return 0
 
 

@@ -24,6 +24,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from cli import HelpFormatter, interrupted, report
 from images import FITS, MediaError, read_image
 from outputs import OutputError, check_outputs, exit_on_sigterm
 from pipeline import PhotoOptions, animate_photo, check_driving
@@ -65,21 +66,12 @@ def find_best_frame(source: np.ndarray, driving: Sequence[np.ndarray], cpu: bool
 
 
 # ----------------------------------------------------------------------------------- CLI
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows defaults, except where the help already says what happens without the flag."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False or 'default' in (action.help or ''):
-            return action.help or ''
-        return super()._get_help_string(action)
-
-
 class UserError(Exception):
     """A mistake in the command line or the inputs: printed as one line, exit status 1."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=_Formatter)
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=HelpFormatter)
     p.add_argument('--config', default=None,
                    help='model config (YAML), e.g. config/vox-256.yaml; default: the config stored in the checkpoint')
     p.add_argument('--checkpoint', default='vox-cpk.pth.tar', help='weights (.pth.tar) that fit the config')
@@ -229,12 +221,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         path = run(args)
     except (UserError, ConfigError, MediaError, OutputError, FaceToolsError, ValueError,
             OSError) as e:
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print('%s: error: %s' % (PROG, message), file=sys.stderr)
-        return 1
+        return report(PROG, e)
     except (KeyboardInterrupt, SystemExit) as e:
-        print('%s: interrupted; %s was not written' % (PROG, args.result_video), file=sys.stderr)
-        return e.code if isinstance(e, SystemExit) and isinstance(e.code, int) else 130
+        return interrupted(PROG, e, '%s was not written' % args.result_video)
     if not args.quiet:
         print('%s: wrote %s' % (PROG, path), file=sys.stderr)
     return 0

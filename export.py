@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from modules.fused import fuse_for_inference
+from cli import HelpFormatter
 from onnx_engine import FORMAT_VERSION, GRAPHS, KP_NAMES, MANIFEST, graph_names, sha256
 from outputs import MARK, OutputError, check_outputs, clean_stale_temps, commit, temp_path
 
@@ -333,8 +334,7 @@ def write_json(path: str, data: dict) -> None:
 
 # ----------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=type(
-        'Formatter', (argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter), {}))
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=HelpFormatter)
     p.add_argument('--config', default=None,
                    help='model config (YAML); default: the config stored in the checkpoint')
     p.add_argument('--checkpoint', required=True, help='weights (.pth.tar) that fit the config')

@@ -24,6 +24,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
+import cli
 from images import FITS, MediaError, fit, read_image, resize
 from inference import AnimationEngine
 from outputs import OutputError, check_outputs
@@ -177,12 +178,8 @@ def run_loop(frames: Iterator[np.ndarray], sources: Sources, sink, keys: Keys, a
 
 
 # ---------------------------------------------------------------------------------- CLI
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=_Formatter)
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=cli.HelpFormatter)
     p.add_argument('--config', default=None,
                    help='model config (YAML); none: the config stored in the checkpoint')
     p.add_argument('--checkpoint', default=DEFAULT_CHECKPOINT, help='weights (.pth.tar) that fit the config')
@@ -292,12 +289,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         print(run(args))
     except (UserError, ConfigError, CheckpointError, MediaError, OutputError, ValueError, OSError) as e:
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print('%s: error: %s' % (PROG, message), file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print('%s: interrupted' % PROG, file=sys.stderr)
-        return 130
+        return cli.report(PROG, e)
+    except (KeyboardInterrupt, SystemExit) as e:
+        return cli.interrupted(PROG, e)
     return 0
 
 

@@ -33,6 +33,7 @@ from typing import Callable, Optional
 
 from tqdm import tqdm
 
+import cli
 from images import MediaError, one_line, resize
 from outputs import MARK, OutputError, clean_stale_temps
 from video_io import ContainerSource, VideoWriter, is_image_file, media_stem, open_video
@@ -206,7 +207,7 @@ def prepare(inp: str, out: str, settings: Settings, workers: int = 1, progress: 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split('\n\n')[0],
                                 epilog='See the module documentation (top of prepare_dataset.py) for details.',
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=cli.HelpFormatter)
     p.add_argument('inp', metavar='IN', help='folder of videos (with train/ and test/ inside, or videos directly)')
     p.add_argument('out', metavar='OUT', help='folder to write the prepared videos to (new, or one to resume)')
     p.add_argument('--frame_shape', required=True,
@@ -237,8 +238,7 @@ def main(argv: Optional[list] = None) -> int:
         report = prepare(args.inp, args.out, settings, args.workers, progress=not args.quiet,
                          log=lambda line: print(line, file=sys.stderr))
     except (ValueError, OutputError, OSError) as e:
-        print('%s: error: %s' % (PROG, one_line(e)), file=sys.stderr)
-        return 1
+        return cli.report(PROG, e)
     except KeyboardInterrupt:
         print('%s: interrupted; finished videos are kept, run the same command again to go on' % PROG,
               file=sys.stderr)

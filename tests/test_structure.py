@@ -18,7 +18,7 @@ LAYERS = {
     'config.py': FOUNDATION, 'checkpoint.py': FOUNDATION, 'runtime.py': FOUNDATION, 'images.py': FOUNDATION,
     'outputs.py': FOUNDATION, 'video_io.py': FOUNDATION, 'frames_dataset.py': FOUNDATION,
     'augmentation.py': FOUNDATION, 'synthetic.py': FOUNDATION, 'metrics.py': FOUNDATION, 'face.py': FOUNDATION,
-    'logger.py': FOUNDATION, 'modules/keypoints.py': FOUNDATION, 'engine_api.py': FOUNDATION,
+    'logger.py': FOUNDATION, 'modules/keypoints.py': FOUNDATION, 'engine_api.py': FOUNDATION, 'cli.py': FOUNDATION,
     'modules/__init__.py': MODEL, 'modules/util.py': MODEL, 'modules/keypoint_detector.py': MODEL,
     'modules/dense_motion.py': MODEL, 'modules/generator.py': MODEL, 'modules/discriminator.py': MODEL,
     'modules/model.py': MODEL, 'modules/fused.py': MODEL, 'sync_batchnorm/__init__.py': MODEL,
