@@ -8,9 +8,10 @@ install:
 	$(PIP) install torch==2.13.0
 	$(PIP) install -r requirements.txt
 
-# the optional extras the tests exercise (web app, ONNX runtime): see requirements-test.txt
+# the optional extras the tests exercise (web app, ONNX runtime, face tools): see requirements-test.txt
 install-test: install
 	$(PIP) install -r requirements-test.txt
+	$(PIP) install --no-deps face-alignment==1.5.0
 
 # animate the shipped source image with the shipped driving video (embedded default model)
 demo: install
