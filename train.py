@@ -80,7 +80,7 @@ class StepOptions:
     precision: str = 'fp32'  # autocast: fp32, bf16 or fp16 (with a GradScaler)
     channels_last: bool = False  # NHWC networks and inputs
     fused_adam: bool = False  # Adam as one fused kernel per step (where this torch has it)
-    compile: bool = False  # torch.compile the networks (and VGG19)
+    compile: bool = False  # torch.compile the keypoint detector and the generator
     batch_keypoints: bool = False  # one keypoint-detector call for source, driving and transformed frames
 
 
@@ -263,8 +263,9 @@ def prepare_step(config, generator, discriminator, kp_detector, device: torch.de
     place_networks([generator_full, discriminator_full], device, options)
     if options.compile:
         # not the discriminator: under compilation, its spectral norm's in-place power iteration
-        # (two calls per step) clashes with the saved tensors of the first call's backward
-        compile_networks([kp_detector, generator, getattr(generator_full, 'vgg', None)])
+        # (two calls per step) clashes with the saved tensors of the first call's backward; not
+        # VGG19 (frozen convolutions and ReLUs, run from a copy cast once under autocast)
+        compile_networks([kp_detector, generator])
     scaler = torch.amp.GradScaler(device.type, enabled=options.precision == 'fp16')
     return generator_full, discriminator_full, scaler
 

@@ -145,10 +145,10 @@ def shallow_clone(module: nn.Module, child_fn=None) -> nn.Module:
 
 
 def cast_conv_weights(module: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """Hold the convolution weights and biases of a fused copy in `dtype`, in place. Under autocast
-    to that dtype every convolution casts them anyway, at every call: cast once, the results are
-    the same. Only for copies made by fuse_for_inference (it gives every module its own parameter
-    dict, so the original network keeps its float32 weights)."""
+    """Hold the convolution weights and biases of a network's own copy in `dtype`, in place, for
+    frozen weights. Under autocast to that dtype every convolution casts them anyway, at every
+    call: cast once, the results are the same. Only for copies (fuse_for_inference's, which give
+    every module its own parameter dict, or deep copies): the original keeps its weights."""
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, FusedUpBlock)):
             for name in ('weight', 'bias'):

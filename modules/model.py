@@ -5,6 +5,7 @@ Losses (Sec. 3.4 of the paper): a multi-scale perceptual reconstruction loss on 
 equivariance constraints on keypoint values and Jacobians under a random thin-plate-spline warp
 T_{X<-Y} (Eqs. 9-11): kp(X) = T(kp(Y)) and J(X) = dT/dz * J(Y), checked as J(X)^-1 (dT/dz J(Y)) = I.
 """
+import copy
 import os
 from typing import Dict, Optional, Sequence
 
@@ -14,6 +15,7 @@ from torch import nn
 from torch.autograd import grad
 
 from modules.discriminator import scale_key
+from modules.fused import cast_conv_weights
 from modules.util import (AntiAliasInterpolation2d, coordinate_grid, detach_kp, inverse_2x2, make_coordinate_grid,
                           matmul_2x2)
 from runtime import unwrap
@@ -28,6 +30,16 @@ class ImagePyramide(nn.Module):
 
     def forward(self, x) -> Dict[str, torch.Tensor]:
         return {'prediction_' + key.replace('-', '.'): down(x) for key, down in self.downs.items()}
+
+
+def autocast_dtype_in_effect(device_type: str) -> Optional[torch.dtype]:
+    """The dtype autocast lowers to on this device type, or None where it is off."""
+    try:
+        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    except TypeError:  # torch < 2.4: per-device functions
+        if device_type == 'cpu':
+            return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+        return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
 
 
 def _to_device(t: torch.Tensor, device) -> torch.Tensor:
@@ -231,6 +243,7 @@ class GeneratorFullModel(_TrainingModel):
         if sum(self.loss_weights['perceptual']) != 0:
             self.vgg = Vgg19(weights=train_params.get('vgg_weights', 'imagenet'))
             self.vgg.eval()
+        self._vgg_cast = {}  # (dtype, device) -> a copy of the frozen VGG19 with its conv weights in dtype
 
     def forward(self, x):
         w = self.loss_weights
@@ -278,13 +291,26 @@ class GeneratorFullModel(_TrainingModel):
     def perceptual_loss(self, pyramide_generated, pyramide_real):
         """Multi-scale perceptual loss: L1 between VGG19 features of generated and real frames."""
         value_total = 0
+        vgg = self.vgg_for(pyramide_real['prediction_' + str(self.scales[0])])
         for scale in self.scales:
-            x_vgg = self.vgg(pyramide_generated['prediction_' + str(scale)])
+            x_vgg = vgg(pyramide_generated['prediction_' + str(scale)])
             with torch.no_grad():  # the target's features need no graph
-                y_vgg = self.vgg(pyramide_real['prediction_' + str(scale)])
+                y_vgg = vgg(pyramide_real['prediction_' + str(scale)])
             for i, weight in enumerate(self.loss_weights['perceptual']):
                 value_total += weight * torch.abs(x_vgg[i] - y_vgg[i]).float().mean()
         return value_total
+
+    def vgg_for(self, x) -> nn.Module:
+        """The VGG19 to run on `x`: under autocast, a copy with its convolution weights already in
+        the autocast dtype. Autocast casts a weight once per step only when it is trained; the
+        frozen VGG's were cast again at each of the step's calls (2 per scale). Same numbers."""
+        dtype = autocast_dtype_in_effect(x.device.type)
+        if dtype is None or not x.is_floating_point():
+            return self.vgg
+        key = (dtype, x.device)
+        if key not in self._vgg_cast:
+            self._vgg_cast[key] = cast_conv_weights(copy.deepcopy(self.vgg), dtype)
+        return self._vgg_cast[key]
 
     def gan_losses(self, pyramide_generated, pyramide_real, kp_driving) -> dict:
         """LSGAN generator loss and discriminator feature matching, per discriminator scale."""

@@ -132,3 +132,20 @@ def test_coordinate_grids_are_cached_and_usable_after_inference_mode():
     heat = torch.rand(5, 7, 1, requires_grad=True)
     (heat * grid).sum().backward()  # an inference tensor here would raise
     assert torch.equal(heat.grad, grid.sum(-1, keepdim=True))
+
+
+def test_vgg_cast_once_gives_autocasts_features(tiny):
+    """Under bf16 autocast the perceptual loss runs a copy of the frozen VGG19 whose convolution
+    weights are already bf16: the same features as autocast casting them at every call; the
+    module itself keeps its float32 weights, and outside autocast it is the one used."""
+    config, state, batch = tiny
+    generator, kp_detector, discriminator = build_networks(config.to_dict()['model_params'])
+    full = GeneratorFullModel(kp_detector, generator, discriminator, config.to_dict()['train_params'])
+    image = batch['driving']
+    assert full.vgg_for(image) is full.vgg
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        cast = full.vgg_for(image)
+        assert cast is not full.vgg and cast is full.vgg_for(image)  # made once
+        assert all(torch.equal(a, b) for a, b in zip(cast(image), full.vgg(image)))
+    assert all(p.dtype == torch.float32 for p in full.vgg.parameters())
+    assert all(p.dtype == torch.bfloat16 for n, p in cast.named_parameters() if n.endswith('weight'))
