@@ -32,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='legacy: comma-separated GPU ids, e.g. 0,1; several ids start one DDP process per GPU '
                         '(the same as torchrun --nproc_per_node)')
     p.add_argument('--precision', default='auto', choices=('auto', 'fp32', 'bf16', 'fp16'),
-                   help='autocast precision; auto: bf16 on CUDA and on CPUs with native bf16 for inference, '
-                        'fp32 for training on CPU')
+                   help='autocast precision; auto: bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), '
+                        'else fp32')
     p.add_argument('--seed', type=int, default=0, help='random seed (per process: seed + rank)')
     p.add_argument('--num_workers', type=int, default=None,
                    help='DataLoader workers; default: train_params.num_workers, else chosen from the machine')
