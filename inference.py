@@ -25,9 +25,9 @@ from checkpoint import CheckpointError, checkpoint_config, load_checkpoint, read
 from config import Config, config_from_dict, load_config
 from engine_api import animate_outputs
 from images import to_float
-from modules.fused import fuse_for_inference, shallow_clone
+from modules.fused import cast_conv_weights, fuse_for_inference, shallow_clone
 from modules.keypoints import normalize_kp
-from runtime import autocast, resolve_device, resolve_precision
+from runtime import autocast, autocast_dtype, resolve_device, resolve_precision
 
 Frame = Union[np.ndarray, torch.Tensor]
 KP = Dict[str, torch.Tensor]
@@ -134,13 +134,18 @@ class AnimationEngine:
             channels_last = self.device.type == 'cpu' or self.precision != 'fp32'
         self.channels_last = bool(channels_last)
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
-        self.generator = generator.to(self.device, memory_format=layout).eval()
-        self.kp_detector = kp_detector.to(self.device, memory_format=layout).eval()
-        # the networks that run per driving frame: fused copies (shared weights) or the modules
-        self._generator = fuse_for_inference(self.generator) if fuse else self.generator
-        self._kp_single = fuse_for_inference(self.kp_detector) if fuse else self.kp_detector  # never compiled
+        self.generator = generator.to(self.device).eval()
+        self.kp_detector = kp_detector.to(self.device).eval()
+        # the networks that run: fused copies (shared weights) or the modules; only they get the
+        # layout (a fused copy's shared weights too, not the ones its folded blocks replaced)
+        self._generator = fuse_for_inference(self.generator, memory_format=layout) if fuse else self.generator
+        self._kp_single = (fuse_for_inference(self.kp_detector, memory_format=layout) if fuse
+                           else self.kp_detector)  # never compiled
         self._generator.to(memory_format=layout)
         self._kp_single.to(memory_format=layout)
+        if fuse and self.precision != 'fp32':  # the copies' own convolutions: cast once, not at every call
+            for net in (self._generator, self._kp_single):
+                cast_conv_weights(net, autocast_dtype(self.precision))
         self._kp_batch = self._kp_single
         self.compiled = bool(compile)
         if compile:
@@ -190,6 +195,13 @@ class AnimationEngine:
         engine = cls(generator, kp_detector, **options)
         engine.config = config
         return engine
+
+    def parts(self) -> Dict[str, object]:
+        """The per-frame networks as the engine runs them (fused, cast or compiled copies), for
+        profiling: 'keypoints' (frames -> kp), 'dense_motion' (source, kp_driving, kp_source ->
+        dict), 'decode' (warped features -> frames); call them under autocast(device, precision)."""
+        return {'keypoints': self._kp_batch, 'dense_motion': self._generator.dense_motion_network,
+                'decode': self._decode}
 
     @property
     def frame_shape(self) -> Optional[tuple]:

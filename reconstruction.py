@@ -7,6 +7,7 @@ written to `<log_dir>/reconstruction/<name><format>`; `metrics.json` / `metrics.
 hold L1, PSNR, SSIM (and AKD when face-alignment is available) per video and their means.
 A video that cannot be read (corrupt, truncated, fewer frames than its container says) is
 skipped with a warning and listed under 'skipped' in metrics.json, never in the mean.
+Under torchrun the videos are split over the processes and rank 0 writes the merged report.
 """
 import itertools
 import os
@@ -14,6 +15,7 @@ import sys
 from typing import Iterable, Optional
 
 import numpy as np
+import torch.distributed as dist
 from tqdm import tqdm
 
 import metrics as metrics_lib
@@ -50,14 +52,19 @@ def reconstruct_video(engine, frames: Iterable[np.ndarray], writer=None,
 
 def reconstruction(config, generator, kp_detector, checkpoint: Optional[str], log_dir: str, dataset,
                    device=None, precision: str = 'auto', batch_size: int = 4, with_akd='auto',
-                   progress: bool = True, indices: Optional[Iterable[int]] = None) -> dict:
+                   progress: bool = True, indices: Optional[Iterable[int]] = None, distributed: bool = False) -> dict:
     """Reconstruct the test videos of `dataset` (a FramesDataset with is_train=False).
 
     config: a Config, its dict or a YAML path; checkpoint: weights to load into the networks
     (None: use them as they are); with_akd: 'auto' (when face-alignment and its weights are
     present), True or False; indices: the videos to do (default: all, up to
     reconstruction_params.num_videos). Returns {'videos': [...], 'mean': {...}, 'skipped': [...],
-    'paths': {...}}; raises DatasetError when no video could be evaluated."""
+    'paths': {...}}; raises DatasetError when no video could be evaluated.
+
+    distributed: under torchrun (process group initialised), rank r of W does videos r, r+W, ...
+    and writes them; rank 0 gathers every rank's figures and writes the one report, the same as a
+    single process would (rows in video order); the other ranks return their own rows only, with
+    'mean' and 'paths' None."""
     engine = AnimationEngine.from_networks(generator, kp_detector, config, checkpoint, device=device,
                                            precision=precision, batch_size=batch_size)
     params = engine.config.reconstruction_params
@@ -65,7 +72,8 @@ def reconstruction(config, generator, kp_detector, checkpoint: Optional[str], lo
     count = len(dataset) if params.num_videos is None else min(len(dataset), int(params.num_videos))
     indices = list(range(count) if indices is None else indices)
     targets = {i: os.path.join(out_dir, media_stem(dataset.videos[i]) + output_suffix(params.format)) for i in indices}
-    for i, path in targets.items():  # before any work: never replace what this tool did not write
+    # every rank checks every output before any rank starts: they all stop alike, or none does
+    for i, path in targets.items():  # never replace what this tool did not write
         check_output('reconstruction output', path, {'test video': os.path.join(dataset.root_dir, dataset.videos[i])})
     for name in ('metrics.json', 'metrics.csv'):
         check_output('reconstruction report', os.path.join(out_dir, name))
@@ -74,9 +82,29 @@ def reconstruction(config, generator, kp_detector, checkpoint: Optional[str], lo
         akd = metrics_lib.akd_metric(str(engine.device))
         if akd is None and with_akd is True:
             raise RuntimeError('AKD asked for, but face-alignment or its weights are not available (see face.py)')
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    if distributed:
+        dist.barrier()  # no rank writes before all have checked
+    done = reconstruct_videos(engine, dataset, {i: targets[i] for i in indices[rank::world]}, akd,
+                              progress and rank == 0, '' if world == 1 else ' (rank %d of %d)' % (rank, world))
+    if distributed:
+        gathered = [None] * world if rank == 0 else None
+        dist.gather_object(done, gathered, dst=0)
+        if rank != 0:
+            return {'videos': [row for _, row, _ in done if row], 'mean': None, 'paths': None,
+                    'skipped': [why for _, _, why in done if why]}
+        position = {index: n for n, index in enumerate(indices)}
+        done = sorted((item for part in gathered for item in part), key=lambda item: position[item[0]])
+    per_video = [row for _, row, _ in done if row]
+    skipped = [why for _, _, why in done if why]
+    return write_reconstruction_report(out_dir, per_video, skipped, engine.precision, processes=world)
 
-    per_video, skipped = [], []
-    bar = tqdm(indices, desc='reconstruction', unit='video', disable=not progress)
+
+def reconstruct_videos(engine, dataset, targets: dict, akd, progress: bool, rank_note: str = '') -> list:
+    """Reconstruct the videos {index: output path} in that order; returns [(index, metrics row or
+    None, skipped entry or None)]: an unreadable video is skipped with a warning."""
+    done = []
+    bar = tqdm(list(targets), desc='reconstruction' + rank_note, unit='video', disable=not progress)
     for i in bar:
         name, fps, frames = dataset.stream(i)
         scores = metrics_lib.VideoMetrics(name)
@@ -86,24 +114,27 @@ def reconstruction(config, generator, kp_detector, checkpoint: Optional[str], lo
             with VideoWriter(targets[i], fps=fps) as writer:
                 reconstruct_video(engine, frames, writer, scores, akd)
         except (MediaError, DatasetError, ValueError) as e:
-            skipped.append({'name': name, 'reason': one_line(e)})
+            done.append((i, None, {'name': name, 'reason': one_line(e)}))
             tqdm.write('reconstruction: skipped %s: %s' % (name, one_line(e)), file=sys.stderr)
             continue
         row = scores.result()
         if akd is not None:
             row.update(akd.result())
-        per_video.append(row)
+        done.append((i, row, None))
         bar.set_postfix(l1='%.4f' % row['l1'])
-    return write_reconstruction_report(out_dir, per_video, skipped, engine.precision)
+    return done
 
 
-def write_reconstruction_report(out_dir: str, per_video: list, skipped: list, precision: str) -> dict:
-    """metrics.json / metrics.csv for the evaluated videos (skipped ones listed, never averaged)."""
+def write_reconstruction_report(out_dir: str, per_video: list, skipped: list, precision: str,
+                                processes: int = 1) -> dict:
+    """metrics.json / metrics.csv for the evaluated videos (skipped ones listed, never averaged);
+    `processes`: how many shared the work (recorded in metrics.json)."""
     if not per_video:
         raise DatasetError('reconstruction: no test video could be evaluated (%d skipped; first: %s: %s)'
                            % (len(skipped), skipped[0]['name'], skipped[0]['reason']) if skipped
                            else 'reconstruction: no test videos')
-    paths = metrics_lib.write_report(out_dir, per_video, extra={'precision': precision, 'skipped': skipped})
+    extra = {'precision': precision, 'skipped': skipped, 'processes': processes}
+    paths = metrics_lib.write_report(out_dir, per_video, extra=extra)
     mean = metrics_lib.summarize(per_video)
     print('Reconstruction: %d videos%s, L1 %.5f, PSNR %.2f dB, SSIM %.4f%s -> %s'
           % (mean['videos'], ' (%d skipped)' % len(skipped) if skipped else '', mean.get('l1', float('nan')),

@@ -5,6 +5,7 @@
     python run.py --config ... --mode reconstruction --checkpoint CKPT
     python run.py --config ... --mode animate --checkpoint CKPT
     torchrun --nproc_per_node 4 run.py --config ...                  # several GPUs (DDP)
+    torchrun --nproc_per_node 2 run.py --config ... --mode reconstruction --checkpoint CKPT   # test videos split
 
 Resuming continues in the checkpoint's own run folder when it is that run's newest state;
 resuming from an older checkpoint of a run that went further needs --fork (a new run folder),
@@ -31,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='legacy: comma-separated GPU ids, e.g. 0,1; several ids start one DDP process per GPU '
                         '(the same as torchrun --nproc_per_node)')
     p.add_argument('--precision', default='auto', choices=('auto', 'fp32', 'bf16', 'fp16'),
-                   help='autocast precision; auto: bf16 on CUDA and on CPUs with native bf16 for inference, '
-                        'fp32 for training on CPU')
+                   help='autocast precision; auto: bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), '
+                        'else fp32')
     p.add_argument('--seed', type=int, default=0, help='random seed (per process: seed + rank)')
     p.add_argument('--num_workers', type=int, default=None,
                    help='DataLoader workers; default: train_params.num_workers, else chosen from the machine')
@@ -44,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--max_minutes', type=float, default=None, help='train: stop after this many minutes')
     p.add_argument('--batch_size', type=int, default=16, help='reconstruction/animate: driving frames per batch')
     p.add_argument('--visualize', action='store_true', help='animate: also write side-by-side videos with keypoints')
+    p.add_argument('--compile', action='store_true',
+                   help='train: torch.compile the networks (same numbers up to float rounding; compiling takes '
+                        'minutes before the first step; see bench/bench_train.py)')
     p.add_argument('--verbose', action='store_true', help='print per-epoch losses')
     p.add_argument('--allow_damaged', action='store_true',
                    help='use the frames that decode of a video that holds or decodes fewer frames than its container '
@@ -127,6 +131,7 @@ def execute(args, config, device, precision: str, rank: int) -> str:
     """Build networks and data, pick the run folder, run the mode; returns the run folder."""
     import numpy as np
     import torch
+    import torch.distributed as dist
 
     from frames_dataset import FramesDataset, PairedDataset
     from modules.model import build_networks
@@ -138,6 +143,10 @@ def execute(args, config, device, precision: str, rank: int) -> str:
     dataset = FramesDataset(is_train=args.mode == 'train', random_seed=args.seed, allow_damaged=args.allow_damaged,
                             **cfg['dataset_params'])
     log_dir = run_dir_for(args, args.config)
+    if dist.is_initialized():  # one run folder for all ranks (each would stamp its own time)
+        shared = [log_dir]
+        dist.broadcast_object_list(shared, src=0)
+        log_dir = shared[0]
     if args.verbose and rank == 0:
         print('run folder: %s; device %s; precision %s' % (log_dir, device, precision))
     options = dict(device=device, precision=precision, batch_size=args.batch_size)
@@ -145,10 +154,11 @@ def execute(args, config, device, precision: str, rank: int) -> str:
         from train import train
         train(config, generator, discriminator, kp_detector, args.checkpoint, log_dir, dataset, device,
               precision=precision, num_workers=args.num_workers, sync_bn=args.sync_bn, verbose=args.verbose,
-              max_steps=args.max_steps, max_minutes=args.max_minutes)
+              max_steps=args.max_steps, max_minutes=args.max_minutes, compile=args.compile)
     elif args.mode == 'reconstruction':
         from reconstruction import reconstruction
-        reconstruction(config, generator, kp_detector, args.checkpoint, log_dir, dataset, **options)
+        reconstruction(config, generator, kp_detector, args.checkpoint, log_dir, dataset,
+                       distributed=dist.is_initialized(), **options)
     else:
         from animate import animate
         pairs = PairedDataset(initial_dataset=dataset, number_of_pairs=config.animate_params.num_pairs, seed=args.seed)

@@ -15,7 +15,8 @@ import math
 import signal
 import time
 from collections import Counter
-from typing import Optional
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 from torch.optim.lr_scheduler import MultiStepLR
@@ -72,17 +73,93 @@ class _Budget:
         return bool((self.max_steps and self.steps >= self.max_steps) or (self.deadline and time.time() >= self.deadline))
 
 
-def make_optimizers(generator, discriminator, kp_detector, tp):
-    """Adam per network and a MultiStepLR per optimizer, keyed as in checkpoints."""
+@dataclass
+class StepOptions:
+    """How a training step runs. The defaults (step_options) give the original's numbers up to
+    float rounding; batch_keypoints does not (see GeneratorFullModel) and is opt-in."""
+    precision: str = 'fp32'  # autocast: fp32, bf16 or fp16 (with a GradScaler)
+    channels_last: bool = False  # NHWC networks and inputs
+    fused_adam: bool = False  # Adam as one fused kernel per step (where this torch has it)
+    compile: bool = False  # torch.compile the keypoint detector and the generator
+    batch_keypoints: bool = False  # one keypoint-detector call for source, driving and transformed frames
+
+
+def step_options(device: torch.device, precision: str, compile: bool = False, batch_keypoints: bool = False,
+                 channels_last: Optional[bool] = None, fused_adam: Optional[bool] = None) -> StepOptions:
+    """The step's defaults for a device (measured in bench/bench_train.py): channels-last on CPU
+    (oneDNN) and for bf16/fp16 on CUDA (tensor cores), fused Adam wherever torch has it."""
+    if channels_last is None:
+        channels_last = device.type == 'cpu' or precision != 'fp32'
+    if fused_adam is None:
+        fused_adam = fused_adam_available(device)
+    return StepOptions(precision, bool(channels_last), bool(fused_adam), bool(compile), bool(batch_keypoints))
+
+
+def fused_adam_available(device: torch.device) -> bool:
+    """Whether this torch has a fused Adam for `device` (CUDA; CPU since torch 2.4)."""
+    try:
+        torch.optim.Adam([torch.zeros(1, device=device, requires_grad=True)], fused=True)
+    except (RuntimeError, ValueError, TypeError):
+        return False
+    return True
+
+
+def make_optimizers(generator, discriminator, kp_detector, tp, fused: bool = False):
+    """Adam per network and a MultiStepLR per optimizer, keyed as in checkpoints; `fused`: one
+    kernel per step for all of a network's tensors (same update up to float rounding)."""
+    adam = lambda module, lr: torch.optim.Adam(module.parameters(), lr=lr, betas=ADAM_BETAS,  # noqa: E731
+                                               fused=True if fused else None)
     optimizers = {
-        'optimizer_generator': torch.optim.Adam(generator.parameters(), lr=tp.lr_generator, betas=ADAM_BETAS),
-        'optimizer_discriminator': torch.optim.Adam(discriminator.parameters(), lr=tp.lr_discriminator,
-                                                    betas=ADAM_BETAS),
-        'optimizer_kp_detector': torch.optim.Adam(kp_detector.parameters(), lr=tp.lr_kp_detector, betas=ADAM_BETAS),
+        'optimizer_generator': adam(generator, tp.lr_generator),
+        'optimizer_discriminator': adam(discriminator, tp.lr_discriminator),
+        'optimizer_kp_detector': adam(kp_detector, tp.lr_kp_detector),
     }
     schedulers = {name.replace('optimizer', 'scheduler'): MultiStepLR(opt, tp.epoch_milestones, gamma=0.1)
                   for name, opt in optimizers.items()}
     return optimizers, schedulers
+
+
+def keep_fused(optimizer: torch.optim.Optimizer, fused: bool) -> None:
+    """After loading a saved state: Adam takes the `fused` flag from the file (an original
+    checkpoint has none, one written with fused Adam has True), so set it back to this run's
+    choice, with the step counts where that implementation keeps them (fused: float32 on the
+    parameter's device)."""
+    for group in optimizer.param_groups:
+        group['fused'] = True if fused else None
+        for p in group['params']:
+            state = optimizer.state.get(p)
+            if state and 'step' in state:
+                state['step'] = torch.as_tensor(state['step'], dtype=torch.float32).to(p.device if fused else 'cpu')
+
+
+def place_networks(networks, device: torch.device, options: StepOptions) -> None:
+    """Move the networks to the device, in the options' memory layout (in place)."""
+    layout = torch.channels_last if options.channels_last else torch.contiguous_format
+    for net in networks:
+        if net is not None:
+            net.to(device, memory_format=layout)
+
+
+def to_device(x: dict, device: torch.device, options: StepOptions) -> dict:
+    """A batch from the loader on the device (asynchronously from pinned memory), images in the
+    options' layout."""
+    layout = torch.channels_last if options.channels_last else torch.contiguous_format
+    out = {}
+    for key, value in x.items():
+        if torch.is_tensor(value):
+            value = value.to(device, non_blocking=True)
+            if value.dim() == 4:  # (B, C, H, W)
+                value = value.contiguous(memory_format=layout)
+        out[key] = value
+    return out
+
+
+def compile_networks(networks) -> None:
+    """torch.compile each network in place (state-dict names unchanged); the loss code around them
+    (random transform, autograd Jacobian) stays eager, so its random stream is the original's."""
+    for net in networks:
+        if net is not None:
+            net.compile(dynamic=False)
 
 
 def resume(checkpoint: str, generator, discriminator, kp_detector, optimizers, schedulers, milestones,
@@ -90,8 +167,11 @@ def resume(checkpoint: str, generator, discriminator, kp_detector, optimizers, s
     """Load a checkpoint into the networks, optimizers and schedulers; returns the first epoch to
     run (the saved epoch is complete), on the schedule of the config resumed with."""
     config_lrs = {name: sched.base_lrs[0] for name, sched in schedulers.items()}  # the config's rates
+    fused = {name: bool(opt.param_groups[0].get('fused')) for name, opt in optimizers.items()}
     last = load_checkpoint(checkpoint, generator=generator, kp_detector=kp_detector, discriminator=discriminator,
                            schedulers=schedulers, verbose=verbose, **optimizers)
+    for name, opt in optimizers.items():
+        keep_fused(opt, fused[name])
     for name, sched in schedulers.items():
         follow_config_schedule(sched, config_lrs[name], milestones, last + 1)
     return last + 1
@@ -138,55 +218,83 @@ def wrap_ddp(generator, discriminator, kp_detector, gan: bool, sync_bn: bool, de
     return wrap(generator), (wrap(discriminator) if gan else discriminator), wrap(kp_detector)
 
 
-def train_step(x, generator_full, discriminator_full, optimizers, scaler, device, precision, gan: bool):
+def train_step(x, generator_full, discriminator_full, optimizers, scaler, device, precision, gan: bool,
+               mark: Optional[Callable[[str], None]] = None):
     """One optimisation step of generator + keypoint detector (and the discriminator with a GAN
-    weight); returns (losses as device tensors, the generator's outputs)."""
+    weight); returns (losses as device tensors, the generator's outputs). `mark(phase)` is called
+    at the end of each phase ('forward', 'backward', 'optimizer'; bench/bench_train.py times them)."""
+    mark = mark or (lambda phase: None)
     with autocast(device, precision):
         losses_generator, generated = generator_full(x)
     loss = sum(v.mean() for v in losses_generator.values())
+    mark('forward')
     scaler.scale(loss).backward()
+    mark('backward')
     scaler.step(optimizers['optimizer_generator'])
     scaler.step(optimizers['optimizer_kp_detector'])
     scaler.update()
     optimizers['optimizer_generator'].zero_grad(set_to_none=True)
     optimizers['optimizer_kp_detector'].zero_grad(set_to_none=True)
+    mark('optimizer')
     losses = {k: v.detach().mean() for k, v in losses_generator.items()}
     if gan:
         optimizers['optimizer_discriminator'].zero_grad(set_to_none=True)
         with autocast(device, precision):
             losses_discriminator = discriminator_full(x, generated)
-        scaler.scale(sum(v.mean() for v in losses_discriminator.values())).backward()
+        disc_loss = sum(v.mean() for v in losses_discriminator.values())
+        mark('forward')
+        scaler.scale(disc_loss).backward()
+        mark('backward')
         scaler.step(optimizers['optimizer_discriminator'])
         scaler.update()
         optimizers['optimizer_discriminator'].zero_grad(set_to_none=True)
+        mark('optimizer')
         losses.update({k: v.detach().mean() for k, v in losses_discriminator.items()})
     return losses, generated
+
+
+def prepare_step(config, generator, discriminator, kp_detector, device: torch.device, options: StepOptions):
+    """(generator_full, discriminator_full, GradScaler) over networks already placed (and wrapped);
+    compiles the networks with options.compile."""
+    train_params = config.to_dict()['train_params']
+    generator_full = GeneratorFullModel(kp_detector, generator, discriminator, train_params,
+                                        batch_keypoints=options.batch_keypoints)
+    discriminator_full = DiscriminatorFullModel(kp_detector, generator, discriminator, train_params)
+    place_networks([generator_full, discriminator_full], device, options)
+    if options.compile:
+        # not the discriminator: under compilation, its spectral norm's in-place power iteration
+        # (two calls per step) clashes with the saved tensors of the first call's backward; not
+        # VGG19 (frozen convolutions and ReLUs, run from a copy cast once under autocast)
+        compile_networks([kp_detector, generator])
+    scaler = torch.amp.GradScaler(device.type, enabled=options.precision == 'fp16')
+    return generator_full, discriminator_full, scaler
 
 
 def train(config, generator, discriminator, kp_detector, checkpoint: Optional[str], log_dir: str, dataset,
           device: torch.device, precision: str = 'fp32', num_workers: Optional[int] = None, sync_bn: bool = False,
           log_freq: int = 10, verbose: bool = False, max_steps: Optional[int] = None,
-          max_minutes: Optional[float] = None):
+          max_minutes: Optional[float] = None, compile: bool = False, batch_keypoints: bool = False):
     """Train on `dataset` (a FramesDataset in training mode); `config` is a config.Config.
 
     `max_steps` / `max_minutes` stop after that many steps / minutes of training in total (a budget
     for smoke tests and the learning check), saving a checkpoint as at the end of an epoch. The run
-    folder is created only once everything is set up (a bad checkpoint leaves none behind)."""
+    folder is created only once everything is set up (a bad checkpoint leaves none behind).
+    `compile`: torch.compile the networks; `batch_keypoints`: see GeneratorFullModel (opt-in: it
+    changes the BatchNorm statistics)."""
     tp = config.train_params
     is_ddp, rank, local_rank, world = ddp_info()
-    generator.to(device), discriminator.to(device), kp_detector.to(device)
-    optimizers, schedulers = make_optimizers(generator, discriminator, kp_detector, tp)
+    options = step_options(device, precision, compile=compile, batch_keypoints=batch_keypoints)
+    place_networks([generator, discriminator, kp_detector], device, options)
+    optimizers, schedulers = make_optimizers(generator, discriminator, kp_detector, tp, fused=options.fused_adam)
     start_epoch = 0 if checkpoint is None else resume(checkpoint, generator, discriminator, kp_detector, optimizers,
                                                       schedulers, tp.epoch_milestones, verbose=rank == 0)
     gan = tp.loss_weights.generator_gan != 0
     if is_ddp:
         generator, discriminator, kp_detector = wrap_ddp(generator, discriminator, kp_detector, gan, sync_bn,
                                                          device, local_rank)
-    train_params = config.to_dict()['train_params']
-    generator_full = GeneratorFullModel(kp_detector, generator, discriminator, train_params).to(device)
-    discriminator_full = DiscriminatorFullModel(kp_detector, generator, discriminator, train_params).to(device)
+    generator_full, discriminator_full, scaler = prepare_step(config, generator, discriminator, kp_detector, device,
+                                                              options)
     loader, sampler = make_loader(dataset, tp, world, is_ddp, num_workers, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == 'fp16')
     models = {'generator': generator, 'discriminator': discriminator, 'kp_detector': kp_detector,
               **optimizers, **schedulers}
     logger = Logger(log_dir, checkpoint_freq=tp.checkpoint_freq, visualizer_params=config.to_dict()['visualizer_params'],
@@ -201,7 +309,7 @@ def train(config, generator, discriminator, kp_detector, checkpoint: Optional[st
                            leave=verbose, dynamic_ncols=True)
                 sums, count = {}, 0
                 for x in bar:
-                    x = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in x.items()}
+                    x = to_device(x, device, options)
                     losses, generated = train_step(x, generator_full, discriminator_full, optimizers, scaler,
                                                    device, precision, gan)
                     for k, v in losses.items():  # device tensors: no sync here

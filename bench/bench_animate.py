@@ -17,6 +17,7 @@ import argparse
 import copy
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import threading
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -97,6 +99,16 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float('inf') if mse == 0 else 10 * np.log10(1.0 / mse)
 
 
+def describe_machine(device: torch.device) -> str:
+    """Two lines: software versions, and the device (the GPU's name, or the CPU's threads and
+    whether it has native bf16: the case a benchmark measured)."""
+    versions = 'torch %s, python %s, %s' % (torch.__version__, platform.python_version(), platform.machine())
+    if device.type == 'cuda':
+        return '%s\ndevice: %s (%s)' % (versions, device, torch.cuda.get_device_name(device))
+    return '%s\ndevice: cpu, %d threads, native bf16 (avx512_bf16/amx): %s' % (
+        versions, torch.get_num_threads(), cpu_has_native_bf16())
+
+
 def sync(device: torch.device):
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
@@ -124,7 +136,8 @@ def profile_engine(engine: AnimationEngine, source: np.ndarray, frames: list, ro
     """Seconds per frame spent in each stage of the engine (best of `rounds`)."""
     from runtime import autocast
     engine.set_source(source)
-    batch = engine._layout(engine.to_tensor(frames[0]).expand(engine.batch_size, -1, -1, -1).contiguous())
+    fmt = torch.channels_last if engine.channels_last else torch.contiguous_format
+    batch = engine.to_tensor(frames[0]).expand(engine.batch_size, -1, -1, -1).contiguous(memory_format=fmt)
     b = batch.shape[0]
     gen = engine.generator  # the source-side work runs the modules as they are
     times = {}
@@ -141,18 +154,147 @@ def profile_engine(engine: AnimationEngine, source: np.ndarray, frames: list, ro
         return result
 
     gen_kp = engine.kp_detector
+    parts = engine.parts()
     with torch.inference_mode(), autocast(engine.device, engine.precision):
-        kp = timed('keypoint detector (driving)', lambda: engine._kp_fn(batch))
+        kp = timed('keypoint detector (driving)', lambda: parts['keypoints'](batch))
         src = engine.source.expand(b, -1, -1, -1)
         kp_src = {k: v.expand(b, *v.shape[1:]) for k, v in engine.kp_source.items()}
-        dm = timed('dense motion network', lambda: engine._dense_motion_fn(src, kp, kp_src))
+        dm = timed('dense motion network', lambda: parts['dense_motion'](src, kp, kp_src))
         enc = engine.encoded.expand(b, -1, -1, -1)
-        warped = timed('warp + occlusion', lambda: gen.deform_input(enc, dm['deformation'])
-                       * dm['occlusion_map'].to(enc.dtype))
-        timed('decoder (bottleneck + up blocks)', lambda: engine._decode_fn(engine._layout(warped)))
+
+        def warp():  # as generator.warp: the occlusion map resized to the features when they differ
+            out = gen.deform_input(enc, dm['deformation'])
+            occlusion = dm['occlusion_map']
+            if occlusion.shape[2:] != out.shape[2:]:
+                occlusion = F.interpolate(occlusion, size=out.shape[2:], mode='bilinear', align_corners=False)
+            return out * occlusion.to(out.dtype)
+        warped = timed('warp + occlusion', warp)
+        timed('decoder (bottleneck + up blocks)', lambda: parts['decode'](warped.contiguous(memory_format=fmt)))
         timed('[loop only] keypoint detector (source)', lambda: gen_kp(engine.source), per=1)
         timed('[loop only] encoder (source)', lambda: gen.encode(engine.source), per=1)
     return times
+
+
+def memory_check(args, generator, kp_detector, device, layout) -> None:
+    """RSS growth for a short and a long driving video streamed through the engine."""
+    counts = [int(c) for c in args.memory_frames.split(',')]
+    engine = AnimationEngine(generator, kp_detector, device, args.memory_precision, args.batch_size,
+                             channels_last=layout, fuse=not args.no_fuse)
+    msize = args.memory_size
+    print('memory: engine %s, frames %dx%d streamed from a generator, writer %s'
+          % (engine.precision, msize, msize, args.writer))
+    engine.set_source(texture(msize, seed=0))
+    list(engine.animate(driving_frames(2 * args.batch_size, msize)))  # warm-up: allocator pools
+    growth = {}
+    for count in counts:
+        with tempfile.TemporaryDirectory() as tmp:
+            writer = None
+            if args.writer == 'mp4':
+                from video_io import VideoWriter
+                writer = VideoWriter(os.path.join(tmp, 'out.mp4'), fps=25)
+            if device.type == 'cuda':
+                torch.cuda.reset_peak_memory_stats(device)
+            t0 = time.perf_counter()
+            with RssSampler() as rss:
+                written = 0
+                for frame in engine.animate(driving_frames(count, msize)):
+                    if writer is not None:
+                        writer.write(frame)
+                    written += 1
+                if writer is not None:
+                    writer.close()
+            seconds = time.perf_counter() - t0
+        growth[count] = rss.growth_mb
+        extra = ''
+        if device.type == 'cuda':
+            extra = ', CUDA peak allocated %.0f MB' % (torch.cuda.max_memory_allocated(device) / 2 ** 20)
+        print('  %5d frames: RSS growth %7.1f MB (peak %.0f MB)%s, %.1f s, %.1f frames/s'
+              % (written, rss.growth_mb, rss.peak / 2 ** 20, extra, seconds, written / seconds))
+    if len(counts) >= 2:
+        a, b = counts[0], counts[-1]
+        print('  growth difference %d vs %d frames: %.1f MB (the original loop would hold %.0f MB more '
+              'of float64 frames)' % (b, a, growth[b] - growth[a], (b - a) * msize * msize * 3 * 8 / 2 ** 20))
+
+
+# ------------------------------------------------------------------------------ demo, end to end
+def write_demo_inputs(folder: str, generator, kp_detector, config_path: str, count: int, size: int) -> dict:
+    """A checkpoint of the bench's weights (with its config), the source image and a `count`-frame
+    driving clip, as files for demo.py."""
+    import imageio.v2 as imageio
+
+    from config import load_config
+    from video_io import VideoWriter
+    paths = {'checkpoint': os.path.join(folder, 'weights.pth.tar'), 'source': os.path.join(folder, 'source.png'),
+             'driving': os.path.join(folder, 'driving.mp4'), 'result': os.path.join(folder, 'result.mp4')}
+    config = load_config(config_path).to_dict()
+    torch.save({'generator': generator.state_dict(), 'kp_detector': kp_detector.state_dict(), 'epoch': 0,
+                'config': config}, paths['checkpoint'])
+    imageio.imwrite(paths['source'], (texture(size, seed=0) * 255).round().astype(np.uint8))
+    with VideoWriter(paths['driving'], fps=25) as writer:
+        for frame in driving_frames(count, size):
+            writer.write(frame)
+    return paths
+
+
+def run_demo(paths: dict, config_path: str, precision: str, device: torch.device, extra=()) -> float:
+    """Seconds of `python demo.py ...` in a fresh process: imports, loading, decoding, animating,
+    encoding, all of it."""
+    command = [sys.executable, str(ROOT / 'demo.py'), '--config', config_path, '--checkpoint', paths['checkpoint'],
+               '--source_image', paths['source'], '--driving_video', paths['driving'],
+               '--result_video', paths['result'], '--relative', '--precision', precision, '--device', str(device),
+               '--quiet', '--overwrite', *extra]
+    t0 = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True, cwd=str(ROOT), env=child_env())
+    return time.perf_counter() - t0
+
+
+def child_env() -> dict:
+    """The environment for child processes: this process's torch thread count."""
+    return dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+
+
+def demo_comparison(args, generator, kp_detector, device) -> None:
+    """demo.py end to end (a fresh process per run) vs the per-frame loop run in this process on
+    the same decoded frames, in interleaved rounds, the best of each kept."""
+    from video_io import open_video
+    precisions = (args.precisions.split(',') if args.precisions else ['fp32', 'bf16'])
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_demo_inputs(tmp, generator, kp_detector, args.config, args.demo_frames, args.size)
+        frames = [f.astype(np.float32) / 255 for f in open_video(paths['driving'])]
+        source = texture(args.size, seed=0)
+        print('demo.py end to end: %d-frame %dx%d clip, default batch size, fresh process per run (imports, '
+              'loading, decoding, encoding included), vs the per-frame loop in this process on the same frames'
+              % (len(frames), args.size, args.size))
+        best = {name: float('inf') for name in ['loop'] + precisions}
+        for _ in range(args.rounds):
+            best['loop'] = min(best['loop'], run_loop(generator, kp_detector, source, frames, device)[0])
+            for p in precisions:
+                best[p] = min(best[p], run_demo(paths, args.config, p, device))
+        print('  %-34s %7.2f s' % ('per-frame loop (fp32), in process', best['loop']))
+        for p in precisions:
+            print('  %-34s %7.2f s  loop / demo %.2fx'
+                  % ('demo.py --precision %s' % p, best[p], best['loop'] / best[p]))
+        help_seconds = min(timed_command([sys.executable, str(ROOT / 'demo.py'), '--help']) for _ in range(3))
+        print('  %-34s %7.2f s' % ('demo.py --help (interpreter + imports)', help_seconds))
+        if args.startup:
+            startup_report(paths, args.config, precisions[-1], device)
+
+
+def timed_command(command) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True, cwd=str(ROOT), env=child_env())
+    return time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------ start-up stages
+def startup_report(paths: dict, config_path: str, precision: str, device: torch.device) -> None:
+    """Where a fresh process spends its time up to the first frames (demo.py's path), per stage:
+    bench/startup_stages.py in a child process."""
+    command = [sys.executable, str(ROOT / 'bench' / 'startup_stages.py'), '--config', config_path,
+               '--checkpoint', paths['checkpoint'], '--source_image', paths['source'],
+               '--driving_video', paths['driving'], '--precision', precision, '--device', str(device)]
+    res = subprocess.run(command, check=True, capture_output=True, text=True, cwd=str(ROOT), env=child_env())
+    print(res.stdout.rstrip())
 
 
 # ------------------------------------------------------------------------------ main
@@ -182,6 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--writer', choices=('null', 'mp4'), default='null',
                    help='memory check: drop frames, or encode them to a temporary mp4' + d)
     p.add_argument('--profile', action='store_true', help='print the time per engine stage' + d)
+    p.add_argument('--demo_frames', type=int, default=0,
+                   help='also time demo.py end to end on a clip of this many frames (fresh processes) against '
+                        'the per-frame loop in this process; 0 skips it' + d)
+    p.add_argument('--startup', action='store_true',
+                   help='with --demo_frames: also print the start-up stages of a fresh process' + d)
     return p
 
 
@@ -195,12 +342,7 @@ def main(argv=None) -> int:
     generator.to(device)
     kp_detector.to(device)
 
-    print('torch %s, python %s, %s' % (torch.__version__, platform.python_version(), platform.machine()))
-    if device.type == 'cuda':
-        print('device: %s (%s)' % (device, torch.cuda.get_device_name(device)))
-    else:
-        print('device: cpu, %d threads, native bf16 (avx512_bf16/amx): %s'
-              % (torch.get_num_threads(), cpu_has_native_bf16()))
+    print(describe_machine(device))
     print('config: %s, weights: %s' % (args.config, args.checkpoint or 'random (seed 0)'))
     precisions = (args.precisions.split(',') if args.precisions
                   else ['fp32', 'bf16'] + (['fp16'] if device.type == 'cuda' else []))
@@ -257,43 +399,9 @@ def main(argv=None) -> int:
                 print('  %-42s %7.1f' % (stage, 1000 * t))
 
     if args.memory_frames:
-        counts = [int(c) for c in args.memory_frames.split(',')]
-        engine = AnimationEngine(generator, kp_detector, device, args.memory_precision, args.batch_size,
-                                 channels_last=layout, fuse=not args.no_fuse)
-        msize = args.memory_size
-        print('memory: engine %s, frames %dx%d streamed from a generator, writer %s'
-              % (engine.precision, msize, msize, args.writer))
-        engine.set_source(texture(msize, seed=0))
-        list(engine.animate(driving_frames(2 * args.batch_size, msize)))  # warm-up: allocator pools
-        growth = {}
-        for count in counts:
-            with tempfile.TemporaryDirectory() as tmp:
-                writer = None
-                if args.writer == 'mp4':
-                    from video_io import VideoWriter
-                    writer = VideoWriter(os.path.join(tmp, 'out.mp4'), fps=25)
-                if device.type == 'cuda':
-                    torch.cuda.reset_peak_memory_stats(device)
-                t0 = time.perf_counter()
-                with RssSampler() as rss:
-                    written = 0
-                    for frame in engine.animate(driving_frames(count, msize)):
-                        if writer is not None:
-                            writer.write(frame)
-                        written += 1
-                    if writer is not None:
-                        writer.close()
-                seconds = time.perf_counter() - t0
-            growth[count] = rss.growth_mb
-            extra = ''
-            if device.type == 'cuda':
-                extra = ', CUDA peak allocated %.0f MB' % (torch.cuda.max_memory_allocated(device) / 2 ** 20)
-            print('  %5d frames: RSS growth %7.1f MB (peak %.0f MB)%s, %.1f s, %.1f frames/s'
-                  % (written, rss.growth_mb, rss.peak / 2 ** 20, extra, seconds, written / seconds))
-        if len(counts) >= 2:
-            a, b = counts[0], counts[-1]
-            print('  growth difference %d vs %d frames: %.1f MB (the original loop would hold %.0f MB more '
-                  'of float64 frames)' % (b, a, growth[b] - growth[a], (b - a) * msize * msize * 3 * 8 / 2 ** 20))
+        memory_check(args, generator, kp_detector, device, layout)
+    if args.demo_frames:
+        demo_comparison(args, generator, kp_detector, device)
     return 0
 
 

@@ -5,6 +5,7 @@ Losses (Sec. 3.4 of the paper): a multi-scale perceptual reconstruction loss on 
 equivariance constraints on keypoint values and Jacobians under a random thin-plate-spline warp
 T_{X<-Y} (Eqs. 9-11): kp(X) = T(kp(Y)) and J(X) = dT/dz * J(Y), checked as J(X)^-1 (dT/dz J(Y)) = I.
 """
+import copy
 import os
 from typing import Dict, Optional, Sequence
 
@@ -14,7 +15,9 @@ from torch import nn
 from torch.autograd import grad
 
 from modules.discriminator import scale_key
-from modules.util import AntiAliasInterpolation2d, detach_kp, inverse_2x2, make_coordinate_grid, matmul_2x2
+from modules.fused import cast_conv_weights
+from modules.util import (AntiAliasInterpolation2d, coordinate_grid, detach_kp, inverse_2x2, make_coordinate_grid,
+                          matmul_2x2)
 from runtime import unwrap
 
 
@@ -29,25 +32,48 @@ class ImagePyramide(nn.Module):
         return {'prediction_' + key.replace('-', '.'): down(x) for key, down in self.downs.items()}
 
 
+def autocast_dtype_in_effect(device_type: str) -> Optional[torch.dtype]:
+    """The dtype autocast lowers to on this device type, or None where it is off."""
+    try:
+        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    except TypeError:  # torch < 2.4: per-device functions
+        if device_type == 'cpu':
+            return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+        return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+
+
+def _to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """A CPU tensor on `device`; to a GPU through pinned memory, so the copy does not wait for it."""
+    if device is None or torch.device(device).type == 'cpu':
+        return t
+    if torch.device(device).type == 'cuda':
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 class Transform:
     """Random affine + thin-plate-spline warp used by the equivariance losses.
 
     theta: (B, 2, 3) affine parameters; control_points: (1, P*P, 2); control_params: (B, 1, P*P).
+    The parameters are drawn on the CPU (the original's random stream, whatever the device) and
+    moved to `device` once, without waiting for the GPU.
     """
 
-    def __init__(self, bs, sigma_affine, sigma_tps=None, points_tps=None):
+    def __init__(self, bs, sigma_affine, sigma_tps=None, points_tps=None, device=None):
         noise = torch.normal(mean=0, std=sigma_affine * torch.ones([bs, 2, 3]))
-        self.theta = noise + torch.eye(2, 3).view(1, 2, 3)
+        self.theta = _to_device(noise + torch.eye(2, 3).view(1, 2, 3), device)
         self.bs = bs
         self.tps = sigma_tps is not None and points_tps is not None  # as the original: both keys or no TPS
         if self.tps:
-            self.control_points = make_coordinate_grid((points_tps, points_tps), type=noise.dtype).view(1, -1, 2)
-            self.control_params = torch.normal(mean=0, std=sigma_tps * torch.ones([bs, 1, points_tps ** 2]))
+            self.control_points = _to_device(make_coordinate_grid((points_tps, points_tps), type=noise.dtype)
+                                              .view(1, -1, 2), device)
+            self.control_params = _to_device(
+                torch.normal(mean=0, std=sigma_tps * torch.ones([bs, 1, points_tps ** 2])), device)
 
     def transform_frame(self, frame):
         """Warp frames (B, C, H, W) by the transform (reflection padding at the borders)."""
         h, w = frame.shape[2:]
-        grid = make_coordinate_grid((h, w), type=torch.float32).to(frame.device).view(1, h * w, 2)
+        grid = coordinate_grid((h, w), torch.float32, frame.device).view(1, h * w, 2)
         grid = self.warp_coordinates(grid).view(self.bs, h, w, 2)
         return F.grid_sample(frame, grid.to(frame.dtype), padding_mode='reflection', align_corners=False)
 
@@ -202,76 +228,126 @@ class _TrainingModel(nn.Module):
 
 
 class GeneratorFullModel(_TrainingModel):
-    """Keypoint detector + generator with every generator-side loss; returns (losses, generated)."""
+    """Keypoint detector + generator with every generator-side loss; returns (losses, generated).
 
-    def __init__(self, kp_extractor, generator, discriminator, train_params):
+    batch_keypoints (opt-in, off by default): detect the keypoints of source, driving and
+    equivariance-transformed frames in one call of the keypoint detector instead of three. Fewer,
+    larger convolutions, but in training mode its BatchNorm layers then normalise over all three
+    sets at once, so the numbers differ from the original's (which normalises each set alone).
+    """
+
+    def __init__(self, kp_extractor, generator, discriminator, train_params, batch_keypoints: bool = False):
         super().__init__(kp_extractor, generator, discriminator, train_params, train_params['scales'])
         self.disc_scales = unwrap(discriminator).scales if discriminator is not None else []
+        self.batch_keypoints = batch_keypoints
         if sum(self.loss_weights['perceptual']) != 0:
             self.vgg = Vgg19(weights=train_params.get('vgg_weights', 'imagenet'))
             self.vgg.eval()
+        self._vgg_cast = {}  # (dtype, device) -> a copy of the frozen VGG19 with its conv weights in dtype
 
     def forward(self, x):
-        kp_source = self.kp_extractor(x['source'])
-        kp_driving = self.kp_extractor(x['driving'])
+        w = self.loss_weights
+        equivariance = (w['equivariance_value'] + w['equivariance_jacobian']) != 0
+        transform = transformed = None
+        if self.batch_keypoints:
+            transform = self._transform(x) if equivariance else None
+            kp_source, kp_driving, transformed = self._keypoints_batched(x, transform)
+        else:
+            kp_source = self.kp_extractor(x['source'])
+            kp_driving = self.kp_extractor(x['driving'])
         generated = self.generator(x['source'], kp_source=kp_source, kp_driving=kp_driving)
         generated.update({'kp_source': kp_source, 'kp_driving': kp_driving})
 
         loss_values = {}
-        w = self.loss_weights
         pyramide_real = self.pyramid(x['driving'])
         pyramide_generated = self.pyramid(generated['prediction'])
-
         if sum(w['perceptual']) != 0:
-            value_total = 0
-            for scale in self.scales:
-                x_vgg = self.vgg(pyramide_generated['prediction_' + str(scale)])
-                y_vgg = self.vgg(pyramide_real['prediction_' + str(scale)])
-                for i, weight in enumerate(w['perceptual']):
-                    value_total += weight * torch.abs(x_vgg[i] - y_vgg[i].detach()).float().mean()
-            loss_values['perceptual'] = value_total
-
+            loss_values['perceptual'] = self.perceptual_loss(pyramide_generated, pyramide_real)
         if w['generator_gan'] != 0:
-            maps_generated = self.discriminator(pyramide_generated, kp=detach_kp(kp_driving))
-            maps_real = self.discriminator(pyramide_real, kp=detach_kp(kp_driving))
-            value_total = 0
-            for scale in self.disc_scales:
-                value = ((1 - maps_generated['prediction_map_%s' % scale].float()) ** 2).mean()
-                value_total += w['generator_gan'] * value
-            loss_values['gen_gan'] = value_total
-
-            if sum(w['feature_matching']) != 0:
-                value_total = 0
-                for scale in self.disc_scales:
-                    key = 'feature_maps_%s' % scale
-                    for i, (a, b) in enumerate(zip(maps_real[key], maps_generated[key])):
-                        if w['feature_matching'][i] == 0:
-                            continue
-                        value_total += w['feature_matching'][i] * torch.abs(a - b).float().mean()
-                loss_values['feature_matching'] = value_total
-
-        if (w['equivariance_value'] + w['equivariance_jacobian']) != 0:
-            transform = Transform(x['driving'].shape[0], **self.train_params['transform_params'])
-            transformed_frame = transform.transform_frame(x['driving'])
-            transformed_kp = self.kp_extractor(transformed_frame)
-            generated['transformed_frame'] = transformed_frame
-            generated['transformed_kp'] = transformed_kp
-
-            if w['equivariance_value'] != 0:
-                value = torch.abs(kp_driving['value'] - transform.warp_coordinates(transformed_kp['value'])).mean()
-                loss_values['equivariance_value'] = w['equivariance_value'] * value
-
-            if w['equivariance_jacobian'] != 0:
-                # Eq. (11): J_X^-1 (dT/dz J_Y) should be the identity
-                jacobian_transformed = matmul_2x2(transform.jacobian(transformed_kp['value']),
-                                                  transformed_kp['jacobian'])
-                value = matmul_2x2(inverse_2x2(kp_driving['jacobian']), jacobian_transformed)
-                eye = torch.eye(2, dtype=value.dtype, device=value.device).view(1, 1, 2, 2)
-                loss_values['equivariance_jacobian'] = w['equivariance_jacobian'] * torch.abs(eye - value).mean()
-
+            loss_values.update(self.gan_losses(pyramide_generated, pyramide_real, kp_driving))
+        if equivariance:
+            if transform is None:  # the original's order: the transform is drawn after the generator ran
+                transform = self._transform(x)
+                frame = transform.transform_frame(x['driving'])
+                transformed = (frame, self.kp_extractor(frame))
+            generated['transformed_frame'], generated['transformed_kp'] = transformed
+            loss_values.update(self.equivariance_losses(transform, kp_driving, generated['transformed_kp']))
         return loss_values, generated
 
+    def _transform(self, x) -> 'Transform':
+        return Transform(x['driving'].shape[0], **self.train_params['transform_params'], device=x['driving'].device)
 
+    def _keypoints_batched(self, x, transform):
+        """(kp_source, kp_driving, (transformed frame, its keypoints) or None) from one call of the
+        keypoint detector on the frames concatenated along the batch."""
+        frames = [x['source'], x['driving']]
+        if transform is not None:
+            frames.append(transform.transform_frame(x['driving']))
+        kp = self.kp_extractor(torch.cat(frames))
+        parts = [{k: v[i * len(frames[0]):(i + 1) * len(frames[0])] for k, v in kp.items()}
+                 for i in range(len(frames))]
+        return parts[0], parts[1], ((frames[2], parts[2]) if transform is not None else None)
+
+    def perceptual_loss(self, pyramide_generated, pyramide_real):
+        """Multi-scale perceptual loss: L1 between VGG19 features of generated and real frames."""
+        value_total = 0
+        vgg = self.vgg_for(pyramide_real['prediction_' + str(self.scales[0])])
+        for scale in self.scales:
+            x_vgg = vgg(pyramide_generated['prediction_' + str(scale)])
+            with torch.no_grad():  # the target's features need no graph
+                y_vgg = vgg(pyramide_real['prediction_' + str(scale)])
+            for i, weight in enumerate(self.loss_weights['perceptual']):
+                value_total += weight * torch.abs(x_vgg[i] - y_vgg[i]).float().mean()
+        return value_total
+
+    def vgg_for(self, x) -> nn.Module:
+        """The VGG19 to run on `x`: under autocast, a copy with its convolution weights already in
+        the autocast dtype. Autocast casts a weight once per step only when it is trained; the
+        frozen VGG's were cast again at each of the step's calls (2 per scale). Same numbers."""
+        dtype = autocast_dtype_in_effect(x.device.type)
+        if dtype is None or not x.is_floating_point():
+            return self.vgg
+        key = (dtype, x.device)
+        if key not in self._vgg_cast:
+            self._vgg_cast[key] = cast_conv_weights(copy.deepcopy(self.vgg), dtype)
+        return self._vgg_cast[key]
+
+    def gan_losses(self, pyramide_generated, pyramide_real, kp_driving) -> dict:
+        """LSGAN generator loss and discriminator feature matching, per discriminator scale."""
+        w = self.loss_weights
+        maps_generated = self.discriminator(pyramide_generated, kp=detach_kp(kp_driving))
+        maps_real = self.discriminator(pyramide_real, kp=detach_kp(kp_driving))
+        value_total = 0
+        for scale in self.disc_scales:
+            value = ((1 - maps_generated['prediction_map_%s' % scale].float()) ** 2).mean()
+            value_total += w['generator_gan'] * value
+        losses = {'gen_gan': value_total}
+        if sum(w['feature_matching']) != 0:
+            value_total = 0
+            for scale in self.disc_scales:
+                key = 'feature_maps_%s' % scale
+                for i, (a, b) in enumerate(zip(maps_real[key], maps_generated[key])):
+                    if w['feature_matching'][i] == 0:
+                        continue
+                    value_total += w['feature_matching'][i] * torch.abs(a - b).float().mean()
+            losses['feature_matching'] = value_total
+        return losses
+
+    def equivariance_losses(self, transform, kp_driving, transformed_kp) -> dict:
+        """Eqs. (9)-(11): keypoints and Jacobians of the transformed frame, mapped back by the
+        transform, should equal those of the driving frame."""
+        w = self.loss_weights
+        losses = {}
+        if w['equivariance_value'] != 0:
+            value = torch.abs(kp_driving['value'] - transform.warp_coordinates(transformed_kp['value'])).mean()
+            losses['equivariance_value'] = w['equivariance_value'] * value
+        if w['equivariance_jacobian'] != 0:
+            # Eq. (11): J_X^-1 (dT/dz J_Y) should be the identity
+            jacobian_transformed = matmul_2x2(transform.jacobian(transformed_kp['value']), transformed_kp['jacobian'])
+            value = matmul_2x2(inverse_2x2(kp_driving['jacobian']), jacobian_transformed)
+            eye = torch.eye(2, dtype=value.dtype, device=value.device).view(1, 1, 2, 2)
+            losses['equivariance_jacobian'] = w['equivariance_jacobian'] * torch.abs(eye - value).mean()
+        return losses
 class DiscriminatorFullModel(_TrainingModel):
     """LSGAN discriminator loss on real driving frames vs generated ones (detached)."""
 

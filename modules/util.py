@@ -34,9 +34,25 @@ def make_coordinate_grid(spatial_size: Sequence[int], type=None) -> torch.Tensor
     return torch.stack([xx, yy], dim=2)
 
 
+_GRIDS: Dict[tuple, torch.Tensor] = {}
+
+
+def coordinate_grid(spatial_size: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """`make_coordinate_grid` in `dtype` on `device`, made once per (size, dtype, device) and kept
+    (callers never write to it): a grid made afresh on a GPU was a copy from the host, which waits
+    for all queued GPU work, several times per training step."""
+    key = (int(spatial_size[0]), int(spatial_size[1]), dtype, torch.device(device))
+    grid = _GRIDS.get(key)
+    if grid is None:
+        with torch.inference_mode(False):  # a plain tensor: autograd may save it, in or out of inference mode
+            grid = make_coordinate_grid(spatial_size, dtype).to(device)
+        _GRIDS[key] = grid
+    return grid
+
+
 def coordinate_grid_like(x: torch.Tensor, spatial_size: Sequence[int]) -> torch.Tensor:
-    """`make_coordinate_grid` on the device and in the dtype of `x`."""
-    return make_coordinate_grid(spatial_size, x.dtype).to(x.device)
+    """`make_coordinate_grid` on the device and in the dtype of `x` (cached, see coordinate_grid)."""
+    return coordinate_grid(spatial_size, x.dtype, x.device)
 
 
 def kp2gaussian(kp: Dict[str, torch.Tensor], spatial_size: Sequence[int], kp_variance: float) -> torch.Tensor:
@@ -171,12 +187,16 @@ class AntiAliasInterpolation2d(nn.Module):
         self.ka = kernel_size // 2
         self.kb = self.ka - 1 if kernel_size % 2 == 0 else self.ka
 
-        coords = torch.arange(kernel_size, dtype=torch.float32)
+        # computed on the CPU even while networks are built on the meta device (inference loads
+        # weights into such a skeleton): these ops on meta tensors first import torch's Python
+        # decompositions, over a second of start-up; the buffer then goes where the others are
+        coords = torch.arange(kernel_size, dtype=torch.float32, device='cpu')
         mean = (kernel_size - 1) / 2
-        g = torch.exp(-(coords - mean) ** 2 / (2 * sigma ** 2)) if sigma > 0 else torch.ones(kernel_size)
+        g = torch.exp(-(coords - mean) ** 2 / (2 * sigma ** 2)) if sigma > 0 else torch.ones(kernel_size, device='cpu')
         kernel = g.view(-1, 1) * g.view(1, -1)
         kernel = kernel / kernel.sum()
-        self.register_buffer('weight', kernel.view(1, 1, kernel_size, kernel_size).repeat(channels, 1, 1, 1))
+        kernel = kernel.view(1, 1, kernel_size, kernel_size).repeat(channels, 1, 1, 1)
+        self.register_buffer('weight', kernel.to(torch.empty(0).device))  # the default (or context) device
         self.groups = channels
         self.scale = scale
 

@@ -12,7 +12,8 @@ sys.path.insert(0, str(ROOT))
 from baseline import per_frame_animation  # noqa: E402
 from images import fit as fit_image, to_float as to_float_image  # noqa: E402
 from inference import AnimationEngine, load_networks  # noqa: E402
-from modules.fused import fuse_for_inference  # noqa: E402
+from modules.fused import cast_conv_weights, fuse_for_inference  # noqa: E402
+from modules.util import AntiAliasInterpolation2d  # noqa: E402
 
 TINY = str(ROOT / 'tests' / 'tiny.yaml')
 
@@ -77,7 +78,7 @@ def test_engine_matches_per_frame_loop(nets, relative, adapt_scale, batch_size):
     got = list(engine.animate(frames, relative=relative, adapt_scale=adapt_scale, output='float'))
     assert len(got) == len(frames)
     assert got[0].shape == (64, 64, 3) and got[0].dtype == np.float32
-    assert max_diff(got, expected) < 1e-4
+    assert max_diff(got, expected) < 1e-5
 
 
 def test_relative_differs_from_absolute(nets):
@@ -101,7 +102,7 @@ def test_unfused_and_nchw_engines_match_loop(nets):
         g, k, _ = tiny_networks()  # own copies: the engine changes the modules' layout
         engine = AnimationEngine(g, k, 'cpu', 'fp32', 2, **kwargs)
         engine.set_source(source)
-        assert max_diff(list(engine.animate(frames, output='float')), expected) < 1e-4, kwargs
+        assert max_diff(list(engine.animate(frames, output='float')), expected) < 1e-5, kwargs
 
 
 def test_fused_copy_matches_modules_and_leaves_them_alone(nets):
@@ -122,6 +123,37 @@ def test_fused_copy_matches_modules_and_leaves_them_alone(nets):
             assert float((a - b).abs().max()) < 1e-5
     for k, v in generator.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_bf16_engine_casts_only_its_own_copies_and_gets_the_same_frames(nets):
+    """A bf16 engine holds its fused copies' convolution weights in bf16 (autocast would cast them
+    at every call): the same frames as uncast copies under autocast, the modules stay float32."""
+    generator, kp_detector, _ = nets
+    engine = AnimationEngine(generator, kp_detector, 'cpu', 'bf16', 2)
+    assert all(p.dtype == torch.float32 for p in list(generator.parameters()) + list(kp_detector.parameters()))
+    convs = [m for m in engine.parts()['keypoints'].modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(m.weight.dtype == torch.bfloat16 for m in convs)
+    x = torch.rand(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    uncast = fuse_for_inference(kp_detector, memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        a, b = engine.parts()['keypoints'](x), uncast(x)
+        assert torch.equal(a['value'], b['value']) and torch.equal(a['jacobian'], b['jacobian'])
+        cast = cast_conv_weights(fuse_for_inference(generator), torch.bfloat16)
+        features = torch.rand(2, 32, 16, 16)
+        assert torch.equal(cast.decode(features), fuse_for_inference(generator).decode(features))
+
+
+def test_networks_built_on_meta_take_their_buffers_from_the_checkpoint():
+    """The anti-aliasing kernel is computed on the CPU (no meta-device maths at start-up) and put
+    on the device the networks are built on; on the CPU it is the Gaussian kernel as before."""
+    with torch.device('meta'):
+        down = AntiAliasInterpolation2d(3, 0.25)
+    assert down.weight.is_meta
+    down = AntiAliasInterpolation2d(3, 0.25)
+    sigma, size = 1.5, 13
+    g = torch.exp(-(torch.arange(size, dtype=torch.float32) - (size - 1) / 2) ** 2 / (2 * sigma ** 2))
+    kernel = g.view(-1, 1) * g.view(1, -1)
+    assert torch.allclose(down.weight[0, 0], kernel / kernel.sum()) and down.weight.shape == (3, 1, size, size)
 
 
 def test_two_frame_video_and_uint8_output(nets):
