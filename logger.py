@@ -8,7 +8,7 @@ import colorsys
 import os
 import re
 import time
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, List, Optional
 
 import imageio.v2 as imageio
 import numpy as np

@@ -202,7 +202,7 @@ def main(argv=None) -> int:
         if args.vgg_weights is not None:
             config.train_params.vgg_weights = args.vgg_weights
         device = setup_device(args, is_ddp, local_rank)
-        precision = resolve_precision(args.precision, device, training=args.mode == 'train')
+        precision = resolve_precision(args.precision, device)
         log_dir = execute(args, config, device, precision, rank)
         if rank == 0:
             print(log_dir)

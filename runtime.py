@@ -36,11 +36,11 @@ def cpu_has_native_bf16() -> bool:
     return 'avx512_bf16' in flags or 'amx_bf16' in flags
 
 
-def resolve_precision(precision: str, device: torch.device, training: bool = False) -> str:
+def resolve_precision(precision: str, device: torch.device) -> str:
     """'auto' -> bf16 on CUDA with bf16 support (else fp16), bf16 on a CPU with native bf16
-    (AVX512-BF16/AMX), fp32 elsewhere. Training too: on such a CPU the vox-256 step at 64x64 ran
-    1.9x faster in bf16 with losses within 1% of fp32 over 50 steps (bench/bench_train.py), so
-    `training` (kept for its callers) no longer changes the choice."""
+    (AVX512-BF16/AMX), fp32 elsewhere; the same for training and inference (on such a CPU the
+    vox-256 training step at 64x64 ran 1.9x faster in bf16 with losses within 1% of fp32 over 50
+    steps, bench/bench_train.py)."""
     if precision not in PRECISIONS:
         raise ValueError('--precision: %r is not one of %s' % (precision, ', '.join(PRECISIONS)))
     if precision != 'auto':

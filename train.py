@@ -300,6 +300,12 @@ def train(config, generator, discriminator, kp_detector, checkpoint: Optional[st
     logger = Logger(log_dir, checkpoint_freq=tp.checkpoint_freq, visualizer_params=config.to_dict()['visualizer_params'],
                     config=config.to_dict(), tensorboard=True) if rank == 0 else None
     budget, stopped_early = _Budget(max_steps, max_minutes), False
+
+    def step(x):
+        x = to_device(x, device, options)
+        return (x,) + tuple(train_step(x, generator_full, discriminator_full, optimizers, scaler, device, precision,
+                                       gan))
+
     try:
         with _StopFlag() as stop:
             for epoch in range(start_epoch, tp.num_epochs):
@@ -307,21 +313,7 @@ def train(config, generator, discriminator, kp_detector, checkpoint: Optional[st
                     sampler.set_epoch(epoch)
                 bar = tqdm(loader, desc='epoch %d/%d' % (epoch + 1, tp.num_epochs), disable=rank != 0,
                            leave=verbose, dynamic_ncols=True)
-                sums, count = {}, 0
-                for x in bar:
-                    x = to_device(x, device, options)
-                    losses, generated = train_step(x, generator_full, discriminator_full, optimizers, scaler,
-                                                   device, precision, gan)
-                    for k, v in losses.items():  # device tensors: no sync here
-                        sums[k] = sums[k] + v.float() if k in sums else v.float()
-                    count, budget.steps = count + 1, budget.steps + 1
-                    if count % log_freq == 0 or stop.requested or budget.spent():
-                        _flush(sums, count, logger, bar, epoch)
-                        sums, count = {}, 0
-                    if stop.requested or budget.spent():
-                        break
-                if count:
-                    _flush(sums, count, logger, bar, epoch)
+                x, generated = _run_epoch(bar, step, logger, epoch, log_freq, stop, budget)
                 if stop.requested:
                     stopped_early = True
                     if logger is not None:
@@ -342,6 +334,26 @@ def train(config, generator, discriminator, kp_detector, checkpoint: Optional[st
         if logger is not None:
             logger.close()
     return {'stopped_early': stopped_early, 'steps': budget.steps}
+
+
+def _run_epoch(bar, step, logger, epoch: int, log_freq: int, stop, budget):
+    """One pass over the loader (`bar`); `step(batch)` -> (batch on the device, losses, generated).
+    Mean losses are logged every `log_freq` steps; stops early when `stop` is requested or the
+    budget is spent. Returns the last (batch, generated) for the epoch's visualisation."""
+    sums, count, x, generated = {}, 0, None, None
+    for batch in bar:
+        x, losses, generated = step(batch)
+        for k, v in losses.items():  # device tensors: no sync here
+            sums[k] = sums[k] + v.float() if k in sums else v.float()
+        count, budget.steps = count + 1, budget.steps + 1
+        if count % log_freq == 0 or stop.requested or budget.spent():
+            _flush(sums, count, logger, bar, epoch)
+            sums, count = {}, 0
+        if stop.requested or budget.spent():
+            break
+    if count:
+        _flush(sums, count, logger, bar, epoch)
+    return x, generated
 
 
 def _flush(sums, count, logger, bar, epoch):

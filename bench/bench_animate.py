@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from baseline import per_frame_animation  # noqa: E402
 from inference import AnimationEngine, load_networks  # noqa: E402
-from runtime import cpu_has_native_bf16, resolve_device  # noqa: E402
+from runtime import cpu_count, cpu_has_native_bf16, resolve_device  # noqa: E402
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -99,14 +99,31 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float('inf') if mse == 0 else 10 * np.log10(1.0 / mse)
 
 
+def cpu_name() -> str:
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def describe_machine(device: torch.device) -> str:
-    """Two lines: software versions, and the device (the GPU's name, or the CPU's threads and
-    whether it has native bf16: the case a benchmark measured)."""
-    versions = 'torch %s, python %s, %s' % (torch.__version__, platform.python_version(), platform.machine())
+    """The software versions, the device (the GPU's name, or the CPU's name, cores, threads and
+    whether it has native bf16: the case a benchmark measured) and the load at the start."""
+    lines = ['torch %s, python %s, %s' % (torch.__version__, platform.python_version(), platform.machine())]
     if device.type == 'cuda':
-        return '%s\ndevice: %s (%s)' % (versions, device, torch.cuda.get_device_name(device))
-    return '%s\ndevice: cpu, %d threads, native bf16 (avx512_bf16/amx): %s' % (
-        versions, torch.get_num_threads(), cpu_has_native_bf16())
+        lines.append('device: %s (%s)' % (device, torch.cuda.get_device_name(device)))
+    else:
+        lines.append('device: cpu (%s), %d cores for this process, %d torch threads, native bf16 '
+                     '(avx512_bf16/amx): %s' % (cpu_name(), cpu_count(), torch.get_num_threads(),
+                                                'yes' if cpu_has_native_bf16() else 'no (emulated: slow)'))
+    if hasattr(os, 'getloadavg'):
+        lines.append('load average at the start: %.2f (above %d, the core count, other processes compete for the CPU)'
+                     % (os.getloadavg()[0], cpu_count()))
+    return '\n'.join(lines)
 
 
 def sync(device: torch.device):
@@ -332,6 +349,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def time_variants(generator, kp_detector, engines, source, frames, device, args) -> None:
+    """Warm up, then time the per-frame loop and each engine in interleaved rounds (best of
+    args.rounds); print frames/s, speed-ups and the difference of each engine's frames."""
+    # warm up every variant (oneDNN primitive caches, cuDNN autotune, compilation)
+    run_loop(generator, kp_detector, source, frames[:2], device)
+    for p, e in engines.items():
+        t0 = time.perf_counter()
+        run_engine(e, source, frames[:min(len(frames), args.batch_size)])
+        if args.compile:
+            print('  engine %s: first batch (compilation) %.1f s' % (p, time.perf_counter() - t0))
+
+    best = {name: float('inf') for name in ['loop', *engines]}
+    outputs = {}
+    for _ in range(args.rounds):
+        seconds, outputs['loop'] = run_loop(generator, kp_detector, source, frames, device)
+        best['loop'] = min(best['loop'], seconds)
+        for p, e in engines.items():
+            seconds, outputs[p] = run_engine(e, source, frames)
+            best[p] = min(best[p], seconds)
+
+    n = len(frames)
+    print('  %-34s %8.2f frames/s  (%.1f ms/frame)' % ('original per-frame loop (fp32)', n / best['loop'],
+                                                       1000 * best['loop'] / n))
+    for p in engines:
+        line = '  %-34s %8.2f frames/s  (%.1f ms/frame)  speed-up %.2fx' % (
+            'engine %s' % p, n / best[p], 1000 * best[p] / n, best['loop'] / best[p])
+        if p == 'fp32':
+            line += '  max abs diff to loop %.2e' % float(np.abs(outputs[p] - outputs['loop']).max())
+        else:
+            ref = outputs.get('fp32', outputs['loop'])
+            line += '  PSNR vs fp32 %.1f dB (max abs diff %.3f)' % (psnr(outputs[p], ref),
+                                                                      float(np.abs(outputs[p] - ref).max()))
+        print(line)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
@@ -361,37 +413,7 @@ def main(argv=None) -> int:
              ', '.join('%s %s' % (p, 'NHWC' if e.channels_last else 'NCHW') for p, e in engines.items())
              + (', compiled' if args.compile else ''), args.rounds))
 
-    # warm up every variant (oneDNN primitive caches, cuDNN autotune, compilation)
-    run_loop(generator, kp_detector, source, frames[:2], device)
-    for p, e in engines.items():
-        t0 = time.perf_counter()
-        run_engine(e, source, frames[:min(len(frames), args.batch_size)])
-        if args.compile:
-            print('  engine %s: first batch (compilation) %.1f s' % (p, time.perf_counter() - t0))
-
-    best = {name: float('inf') for name in ['loop'] + precisions}
-    outputs = {}
-    for _ in range(args.rounds):
-        seconds, outputs['loop'] = run_loop(generator, kp_detector, source, frames, device)
-        best['loop'] = min(best['loop'], seconds)
-        for p, e in engines.items():
-            seconds, outputs[p] = run_engine(e, source, frames)
-            best[p] = min(best[p], seconds)
-
-    n = len(frames)
-    print('  %-34s %8.2f frames/s  (%.1f ms/frame)' % ('original per-frame loop (fp32)', n / best['loop'],
-                                                       1000 * best['loop'] / n))
-    for p in precisions:
-        line = '  %-34s %8.2f frames/s  (%.1f ms/frame)  speed-up %.2fx' % (
-            'engine %s' % p, n / best[p], 1000 * best[p] / n, best['loop'] / best[p])
-        if p == 'fp32':
-            line += '  max abs diff to loop %.2e' % float(np.abs(outputs[p] - outputs['loop']).max())
-        else:
-            ref = outputs.get('fp32', outputs['loop'])
-            line += '  PSNR vs fp32 %.1f dB (max abs diff %.3f)' % (psnr(outputs[p], ref),
-                                                                      float(np.abs(outputs[p] - ref).max()))
-        print(line)
-
+    time_variants(generator, kp_detector, engines, source, frames, device, args)
     if args.profile:
         for p, e in engines.items():
             print('profile, engine %s, batch %d (ms per frame):' % (p, args.batch_size))

@@ -12,7 +12,6 @@ engine's largest difference to the loop (fp32, uint8 pixels) and the machine it 
 import argparse
 import copy
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -24,10 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from baseline import per_frame_animation  # noqa: E402
-from bench_animate import driving_frames, sync, texture  # noqa: E402
+from bench_animate import describe_machine, driving_frames, sync, texture  # noqa: E402
 from images import float_to_uint8  # noqa: E402
 from inference import AnimationEngine, load_networks  # noqa: E402
-from runtime import cpu_count, cpu_has_native_bf16, resolve_device  # noqa: E402
+from runtime import resolve_device  # noqa: E402
 
 
 class TimedFrames:
@@ -73,31 +72,6 @@ def engine_round(engine: AnimationEngine, frames: list) -> tuple:
         sync(engine.device)
         seconds.append(time.perf_counter() - start)
     return seconds, np.stack(out)
-
-
-def cpu_name() -> str:
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def describe_machine(device: torch.device) -> str:
-    lines = ['torch %s, python %s, %s' % (torch.__version__, platform.python_version(), platform.machine())]
-    if device.type == 'cuda':
-        lines.append('device: %s (%s)' % (device, torch.cuda.get_device_name(device)))
-    else:
-        lines.append('device: cpu (%s), %d cores for this process, %d torch threads, native bf16 '
-                     '(avx512_bf16/amx): %s' % (cpu_name(), cpu_count(), torch.get_num_threads(),
-                                                'yes' if cpu_has_native_bf16() else 'no (emulated: slow)'))
-    if hasattr(os, 'getloadavg'):
-        lines.append('load average at the start: %.2f (above %d, the core count, other processes compete for the CPU)'
-                     % (os.getloadavg()[0], cpu_count()))
-    return '\n'.join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:

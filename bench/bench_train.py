@@ -338,7 +338,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    precision = resolve_precision(args.precision, device, training=True)
+    precision = resolve_precision(args.precision, device)
     config = load_config(args.config, mode='train')
     if args.batch_size:
         config.train_params.batch_size = args.batch_size

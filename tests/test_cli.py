@@ -73,16 +73,16 @@ def test_device_ids_relaunch_arguments():
     assert env['CUDA_VISIBLE_DEVICES'] == '0,1,3'
 
 
-@pytest.mark.parametrize('cuda_bf16, cpu_bf16, device, training, want', [
-    (True, False, 'cuda', False, 'bf16'), (False, False, 'cuda', False, 'fp16'), (True, False, 'cuda', True, 'bf16'),
-    (False, True, 'cpu', False, 'bf16'), (False, True, 'cpu', True, 'fp32'), (False, False, 'cpu', False, 'fp32'),
+@pytest.mark.parametrize('cuda_bf16, cpu_bf16, device, want', [
+    (True, False, 'cuda', 'bf16'), (False, False, 'cuda', 'fp16'), (True, True, 'cuda', 'bf16'),
+    (False, True, 'cpu', 'bf16'), (True, False, 'cpu', 'fp32'), (False, False, 'cpu', 'fp32'),
 ])
-def test_resolve_precision_on_each_kind_of_machine(monkeypatch, cuda_bf16, cpu_bf16, device, training, want):
+def test_resolve_precision_on_each_kind_of_machine(monkeypatch, cuda_bf16, cpu_bf16, device, want):
     import runtime
     monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda *a, **k: cuda_bf16)
     monkeypatch.setattr(runtime, 'cpu_has_native_bf16', lambda: cpu_bf16)
     device = torch.device(device)
-    assert runtime.resolve_precision('auto', device, training=training) == want
+    assert runtime.resolve_precision('auto', device) == want
     assert runtime.resolve_precision('fp32', device) == 'fp32'
     if device.type == 'cpu':
         with pytest.raises(ValueError, match='--precision: fp16 is for CUDA'):

@@ -2,7 +2,7 @@
 synthetic videos it never saw (drawn with another seed than its training data)."""
 import sys
 
-import imageio
+import imageio.v2 as imageio
 import numpy as np
 import pytest
 
