@@ -121,8 +121,9 @@ def describe_machine(device: torch.device) -> str:
                      '(avx512_bf16/amx): %s' % (cpu_name(), cpu_count(), torch.get_num_threads(),
                                                 'yes' if cpu_has_native_bf16() else 'no (emulated: slow)'))
     if hasattr(os, 'getloadavg'):
-        lines.append('load average at the start: %.2f (above %d, the core count, other processes compete for the CPU)'
-                     % (os.getloadavg()[0], cpu_count()))
+        load, cores = os.getloadavg()[0], cpu_count()
+        lines.append('load average at the start: %.2f (%s)' % (load, 'above the %d cores: other processes compete for '
+                                                              'the CPU' % cores if load > cores else '%d cores' % cores))
     return '\n'.join(lines)
 
 
