@@ -34,7 +34,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from cli import HelpFormatter
+from cli import HelpFormatter, one_line_warnings
 from images import FITS, MediaError, fit, read_image
 from inference import AnimationEngine
 from outputs import OutputError, check_outputs
@@ -642,4 +642,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
+    one_line_warnings('app.py')
     sys.exit(main())

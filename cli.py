@@ -1,7 +1,9 @@
 """What every command line of the project shares: help that shows the defaults, and errors
 printed as one line naming the file, key or flag (`prog: error: ...`, exit status 1)."""
 import argparse
+import os
 import sys
+import warnings
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -33,3 +35,27 @@ def interrupted(prog: str, exc: BaseException, what: str = '') -> int:
     """Ctrl-C (130) or SIGTERM turned into SystemExit by outputs.exit_on_sigterm (its status)."""
     print('%s: interrupted%s' % (prog, '; ' + what if what else ''), file=sys.stderr)
     return exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 130
+
+
+def one_line_warnings(prog: str) -> None:
+    """Print this project's warnings (a damaged video used with --allow_damaged, a dataset's frames
+    resized, ...) as one line, `prog: warning: <message>`, instead of Python's two (file, line and
+    source line). Other warnings keep Python's format."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if _ours(category):
+            print('%s: warning: %s' % (prog, message), file=file or sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+    warnings.showwarning = show
+
+
+def _ours(category) -> bool:
+    """Whether a warning class is defined in a file of this project."""
+    module = sys.modules.get(getattr(category, '__module__', ''))
+    path = getattr(module, '__file__', None)
+    return path is not None and os.path.dirname(os.path.abspath(path)).startswith(_ROOT)
+
+
+_ROOT = os.path.dirname(os.path.abspath(__file__))

@@ -20,7 +20,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from cli import HelpFormatter, report
+from cli import HelpFormatter, one_line_warnings, report
 from face import DETECTORS, FA_WEIGHTS_ENV, CropGeometry, Detector, FaceToolsError, iou, make_detector, square_box
 from images import resize
 
@@ -340,4 +340,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
+    one_line_warnings('crop_video.py')
     sys.exit(main())

@@ -24,7 +24,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from cli import HelpFormatter, interrupted, report
+from cli import HelpFormatter, interrupted, one_line_warnings, report
 from images import FITS, MediaError, read_image
 from outputs import OutputError, check_outputs, exit_on_sigterm
 from pipeline import PhotoOptions, animate_photo, check_driving
@@ -230,4 +230,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
+    one_line_warnings('demo.py')
     sys.exit(main())

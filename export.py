@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from modules.fused import fuse_for_inference
-from cli import HelpFormatter
+from cli import HelpFormatter, one_line_warnings
 from onnx_engine import FORMAT_VERSION, GRAPHS, KP_NAMES, MANIFEST, graph_names, sha256
 from outputs import MARK, OutputError, check_outputs, clean_stale_temps, commit, temp_path
 
@@ -398,4 +398,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
+    one_line_warnings('export.py')
     sys.exit(main())

@@ -296,4 +296,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
+    cli.one_line_warnings('live.py')
     sys.exit(main())

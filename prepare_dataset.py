@@ -247,4 +247,5 @@ def main(argv: Optional[list] = None) -> int:
 
 
 if __name__ == '__main__':
+    cli.one_line_warnings('prepare_dataset.py')
     sys.exit(main())

@@ -222,4 +222,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
+    from cli import one_line_warnings
+    one_line_warnings('run.py')
     sys.exit(main())

@@ -139,6 +139,23 @@ def test_truncated_and_corrupt_images_and_a_text_file_are_refused(inputs, tmp_pa
         assert not (tmp_path / ('%s.mp4' % name)).exists()
 
 
+def test_a_damaged_driving_video_is_refused_or_used_with_one_line_warnings(inputs, tmp_path):
+    sys.path.insert(0, str(ROOT / 'tests'))
+    from damaged_media import cut_copy
+    from synthetic import make_video
+    write_video(tmp_path / 'good.mp4', make_video(3, 64, 40), fps=10)
+    cut_copy(tmp_path / 'good.mp4', tmp_path / 'cut.mp4', keep=0.6)
+    status, lines = demo(inputs, result=tmp_path / 'r.mp4', driving=tmp_path / 'cut.mp4')
+    assert_one_line(status, lines, 'cut.mp4', 'of the 40 frames')
+    assert not (tmp_path / 'r.mp4').exists()
+    # opted in: warnings as one line each, in the command's own words (not Python's file:line + source line)
+    status, lines = demo(inputs, '--allow_damaged', result=tmp_path / 'r.mp4', driving=tmp_path / 'cut.mp4')
+    assert status == 0 and (tmp_path / 'r.mp4').exists(), lines
+    warned = [l for l in lines if 'cut.mp4' in l]  # the container's shortfall, then frames that fail to decode
+    assert warned and all(l.startswith('demo.py: warning: ') and 'allow_damaged' in l for l in warned), lines
+    assert not any('warnings.warn' in l or 'Warning:' in l for l in lines), lines
+
+
 def test_pixel_limit(tmp_path, monkeypatch):
     from images import MediaError, read_image
     import cv2
