@@ -27,6 +27,7 @@ from __future__ import annotations
 import csv
 import os
 import random
+import signal
 import warnings
 from collections import OrderedDict, defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -69,6 +70,13 @@ def worker_init_fn(worker_id: int) -> None:
     random.seed(seed)
     # no cv2.setNumThreads here: in a forked worker it can wait forever on the parent's thread pool
     _reseed_tree(info.dataset if info is not None else None, seed, set())
+    if info is not None:
+        # A signal sent to the whole process group (Ctrl-C in a terminal, `kill -- -PGID`, `pkill -f`,
+        # a batch scheduler's SIGTERM) is the main process's to handle: it saves a checkpoint and then
+        # stops its workers. A worker killed first made the main process fail with torch's "DataLoader
+        # worker is killed by signal" before it could save. (Workers still exit when the main one does.)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _reseed_tree(obj, seed: int, seen: set) -> None:

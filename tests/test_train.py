@@ -133,20 +133,27 @@ def test_ddp_two_processes_keep_identical_weights(tmp_path, shapes, seeded_torch
             assert torch.allclose(v, r1[net][k], atol=1e-6), (net, k)
 
 
-def test_sigint_mid_epoch_leaves_a_loadable_checkpoint(tmp_path, shapes, seeded_torch_home):
+@pytest.mark.parametrize('sig, workers, group', [(signal.SIGINT, 0, False), (signal.SIGTERM, 1, True)],
+                         ids=['sigint-to-the-process', 'sigterm-to-the-process-group-with-a-loader-worker'])
+def test_a_signal_mid_epoch_leaves_a_loadable_checkpoint(tmp_path, shapes, seeded_torch_home, sig, workers, group):
+    # group: the signal reaches the DataLoader worker too (a terminal's Ctrl-C, `kill -- -PGID`, a
+    # scheduler's SIGTERM); the main process must still save
     cfg = make_config(tmp_path, shapes, num_repeats=200, num_epochs=1)
     log_dir = tmp_path / 'log'
     env = dict(os.environ, OMP_NUM_THREADS='1')
     proc = subprocess.Popen([sys.executable, str(ROOT / 'run.py'), '--config', cfg, '--log_dir', str(log_dir),
-                             '--num_workers', '0'], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, cwd=str(ROOT))
+                             '--num_workers', str(workers)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=str(ROOT), start_new_session=group)
     try:
         deadline = time.time() + 120
         while time.time() < deadline and not list(log_dir.glob('*/config.yaml')):
             time.sleep(0.2)
         time.sleep(4)  # a few training steps
         assert proc.poll() is None, proc.communicate()
-        proc.send_signal(signal.SIGINT)
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
