@@ -244,6 +244,7 @@ class FramesDataset(Dataset):
                  allow_damaged: bool = False):
         self.frame_shape = _frame_shape(frame_shape)
         self.allow_damaged = bool(allow_damaged)
+        self._usable = {}  # allow_damaged: video name -> how many of its first frames training draws from
         self.cache_bytes = int(max(0.0, float(cache_mb)) * 2 ** 20)
         self._cache, self._cache_pid = None, None
         self.id_sampling = bool(id_sampling)
@@ -358,6 +359,26 @@ class FramesDataset(Dataset):
         state['_cache'] = state['_cache_pid'] = None  # a worker builds its own
         return state
 
+    def _train_pair(self, name: str, source: VideoSource, rng: np.random.Generator) -> np.ndarray:
+        """Two random frames of a training video, uint8 (2, H, W, 3). With allow_damaged, a pair
+        that reaches a part that cannot be decoded is drawn again among the frames before its later
+        frame (a warning names the video, once per process), so training goes on with the frames
+        that decode; without it, the error stops training with the file's name."""
+        usable = self._usable
+        for _ in range(8):
+            limit = usable.get(name, source.num_frames)
+            frame_idx = np.sort(rng.choice(limit, replace=True, size=2))
+            try:
+                return self._read_pair(name, source, frame_idx)
+            except MediaError as e:
+                if not self.allow_damaged or frame_idx[1] == 0:
+                    raise
+                if name not in usable:
+                    warnings.warn('%s; training uses the frames that decode (allow_damaged)' % e, DatasetWarning,
+                                  stacklevel=2)
+                usable[name] = min(limit, int(frame_idx[1]))
+        raise MediaError('%s: damaged video: too few of its frames decode' % name)
+
     def _read_pair(self, name: str, source: VideoSource, frame_idx: np.ndarray) -> np.ndarray:
         """uint8 (2, H, W, 3) at frame_shape, through the frame cache when enabled."""
         video_bytes = source.num_frames * int(np.prod(self.frame_shape))
@@ -403,8 +424,7 @@ class FramesDataset(Dataset):
         source = self.sources[name]
         try:
             if self.is_train:
-                frame_idx = np.sort(rng.choice(source.num_frames, replace=True, size=2))
-                frames = self._read_pair(name, source, frame_idx)  # uint8 (2, H, W, 3)
+                frames = self._train_pair(name, source, rng)  # uint8 (2, H, W, 3)
             else:
                 frames = fit_frames(source.read_all(), self.frame_shape)  # uint8 (T, H, W, 3), streamed
         except MediaError as e:

@@ -471,6 +471,24 @@ def test_synthetic_deterministic_and_cli(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+def test_training_with_allow_damaged_draws_around_a_damaged_middle(tmp_path):
+    write_video(tmp_path / 'good.mp4', make_video(5, 64, 60), fps=25)
+    (tmp_path / 'train').mkdir()
+    noisy_copy(tmp_path / 'good.mp4', tmp_path / 'train' / 'noisy.mp4', 0.3, 0.7, seed=0)
+    strict = FramesDataset(tmp_path, frame_shape=(64, 64, 3), cache_mb=0)
+    with pytest.raises(DatasetError, match=r'noisy\.mp4: damaged video'):
+        for _ in range(40):
+            strict[0]
+    lenient = FramesDataset(tmp_path, frame_shape=(64, 64, 3), cache_mb=0, allow_damaged=True)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter('always')
+        samples = [lenient[0] for _ in range(40)]  # a sample that hits the damage is drawn again
+    messages = [str(w.message) for w in record if issubclass(w.category, DatasetWarning)]
+    assert len(messages) == 1 and 'noisy.mp4' in messages[0] and 'allow_damaged' in messages[0], messages
+    assert all(s['source'].shape == (3, 64, 64) and np.isfinite(s['driving']).all() for s in samples)
+    assert 1 <= lenient._usable['noisy.mp4'] < 60
+
+
 # damaged videos end to end: evaluation skips and lists them; --allow_damaged uses them
 # ---------------------------------------------------------------------------------------------
 
