@@ -30,8 +30,10 @@ def test_embedded_model_beats_copying_the_source_on_held_out_videos(held_out, tm
     # the copy baseline is what it says: every frame against the first one
     video = np.stack(list(iter_video_frames(held_out / 'shapes0000.mp4'))).astype(np.float64) / 255
     assert per_video['shapes0000.mp4']['copy'] == pytest.approx(np.abs(video - video[:1]).mean(), rel=1e-5)
-    # motion carried by the keypoints makes the reconstruction better than no motion and than copying
-    assert mean['driven'] < 0.9 * mean['copy'] and mean['driven'] < 0.8 * mean['no_motion'], mean
+    # motion carried by the keypoints makes the reconstruction better than no motion and than copying;
+    # measured: driven 0.0333, copy 0.0525, no motion 0.0591 (the previous model: driven 0.0443)
+    assert mean['driven'] <= 0.036, mean  # the bar the retrained model was set (issue 15), 8% above the figure
+    assert mean['driven'] < 0.7 * mean['copy'] and mean['driven'] < 0.65 * mean['no_motion'], mean
     image = imageio.imread(strip)
     assert image.shape == (4 * 2 * 64, 5 * 64, 3)
     # first column: the source frame above its own reconstruction, which resembles it
