@@ -36,10 +36,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     sys.path.insert(0, ROOT)
     import demo  # noqa: F401  (what demo.py imports before it parses its arguments)
-    stage('imports (torch, numpy, the project)')
     from images import read_image
-    from inference import AnimationEngine
+    from inference import AnimationEngine  # (demo.py imports the engine once its arguments are read)
     from video_io import open_video
+    stage('imports (torch, numpy, the project)')
     engine = AnimationEngine.from_checkpoint(args.config, args.checkpoint, device=args.device,
                                              precision=args.precision, batch_size=4)
     stage('checkpoint, networks, engine (%s)' % engine.precision)
