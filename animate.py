@@ -4,6 +4,7 @@ Motion is relative or absolute per `animate_params.normalization_params`; videos
 `<log_dir>/animation/<driving>-<source><format>`, or with `visualize` a side-by-side view
 (source, driving, deformed, occlusion, prediction with keypoints; logger.Visualizer). A pair whose
 video cannot be read is skipped with a warning; only when none can be animated is it an error.
+Under torchrun the pairs are split over the processes.
 
 `normalize_kp` lives in modules/keypoints.py; it is importable from here, as in the original.
 """
@@ -11,6 +12,7 @@ import os
 import sys
 from typing import Optional
 
+import torch.distributed as dist
 from tqdm import tqdm
 
 from frames_dataset import DatasetError
@@ -35,10 +37,14 @@ def _write_pair(engine, writer, frames, norm, visualizer: Optional[Visualizer]) 
 
 
 def animate(config, generator, kp_detector, checkpoint: Optional[str], log_dir: str, dataset, device=None,
-            precision: str = 'auto', batch_size: int = 4, visualize: bool = False, progress: bool = True) -> list:
+            precision: str = 'auto', batch_size: int = 4, visualize: bool = False, progress: bool = True,
+            distributed: bool = False) -> list:
     """Animate the source of each pair of `dataset` (a PairedDataset over a test FramesDataset) by
     its driving video; config: a Config, its dict or a YAML path; checkpoint: weights to load
-    (None: the networks as they are). Returns the written paths."""
+    (None: the networks as they are). Returns the written paths.
+
+    distributed: under torchrun (process group initialised), rank r of W animates pairs r, r+W, ...
+    after every rank has checked every output; each returns all written paths (in pair order)."""
     engine = AnimationEngine.from_networks(generator, kp_detector, config, checkpoint, device=device,
                                            precision=precision, batch_size=batch_size)
     params = engine.config.animate_params
@@ -53,6 +59,26 @@ def animate(config, generator, kp_detector, checkpoint: Optional[str], log_dir: 
         jobs.append((int(driving_idx), int(source_idx), path))
     visualizer = Visualizer(**vars(engine.config.visualizer_params)) if visualize else None
 
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    if distributed:
+        dist.barrier()  # no rank writes before all have checked
+    written, skipped = _animate_pairs(engine, videos, jobs[rank::world], params, visualizer, progress and rank == 0)
+    if distributed:  # every rank learns the whole outcome, so that all of them stop alike or none does
+        parts = [None] * world
+        dist.all_gather_object(parts, (written, skipped))
+        order = {path: n for n, (_, _, path) in enumerate(jobs)}
+        written = sorted((p for part, _ in parts for p in part), key=order.get)
+        skipped = sorted((p for _, part in parts for p in part), key=order.get)
+        if rank == 0 and progress:
+            tqdm.write('animation: %d pairs by %d processes (%s)'
+                       % (len(jobs), world, ' + '.join(str(len(w) + len(s)) for w, s in parts)), file=sys.stderr)
+    if not written and jobs:
+        raise DatasetError('animation: no pair could be animated (%d skipped)' % len(skipped))
+    return written
+
+
+def _animate_pairs(engine, videos, jobs: list, params, visualizer, progress: bool) -> tuple:
+    """(written paths, skipped paths) of the pairs `jobs` [(driving index, source index, path)]."""
     written, skipped = [], []
     for driving_idx, source_idx, path in tqdm(jobs, desc='animation', unit='pair', disable=not progress):
         try:
@@ -67,6 +93,4 @@ def animate(config, generator, kp_detector, checkpoint: Optional[str], log_dir: 
             tqdm.write('animation: skipped %s: %s' % (os.path.basename(path), one_line(e)), file=sys.stderr)
             continue
         written.append(path)
-    if not written and jobs:
-        raise DatasetError('animation: no pair could be animated (%d skipped)' % len(skipped))
-    return written
+    return written, skipped

@@ -162,7 +162,8 @@ def execute(args, config, device, precision: str, rank: int) -> str:
     else:
         from animate import animate
         pairs = PairedDataset(initial_dataset=dataset, number_of_pairs=config.animate_params.num_pairs, seed=args.seed)
-        animate(config, generator, kp_detector, args.checkpoint, log_dir, pairs, visualize=args.visualize, **options)
+        animate(config, generator, kp_detector, args.checkpoint, log_dir, pairs, visualize=args.visualize,
+                distributed=dist.is_initialized(), **options)
     return log_dir
 
 

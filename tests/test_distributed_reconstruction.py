@@ -1,4 +1,5 @@
-"""Reconstruction over processes: torchrun splits the test videos, rank 0 writes the merged report."""
+"""Evaluation over processes: torchrun splits the test videos (reconstruction) or pairs (animate); rank 0
+writes the merged report, and the files are those one process writes."""
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ import yaml
 from conftest import ROOT
 from modules.model import build_networks
 from synthetic import write_dataset
+from video_io import open_video
 
 
 @pytest.fixture(scope='module')
@@ -21,6 +23,7 @@ def setup(tmp_path_factory):
     root = write_dataset(str(tmp / 'shapes'), size=64, num_train=1, num_test=3, frames=6, seed=3, progress=False)
     cfg = yaml.safe_load((ROOT / 'tests' / 'tiny.yaml').read_text())
     cfg['dataset_params']['root_dir'] = str(root)
+    cfg['animate_params']['num_pairs'] = 5  # of the 9 (driving, source) pairs: unequal shares too
     config_path = tmp / 'tiny.yaml'
     config_path.write_text(yaml.safe_dump(cfg))
     torch.manual_seed(0)
@@ -59,3 +62,26 @@ def test_two_processes_write_the_same_metrics_as_one(setup):
                 assert b[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
             else:
                 assert b[key] == value, key
+
+
+def animate_pairs(command, log_dir, config_path, checkpoint) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    args = [str(ROOT / 'run.py'), '--config', config_path, '--mode', 'animate', '--checkpoint', checkpoint,
+            '--log_dir', str(log_dir), '--device', 'cpu', '--precision', 'fp32', '--batch_size', '4']
+    res = subprocess.run(command + args, capture_output=True, text=True, timeout=300, env=env, cwd=str(ROOT))
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = [p for p in log_dir.iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    frames = {p.name: open_video(p).read_all() for p in sorted((runs[0] / 'animation').iterdir())}
+    return frames, res.stderr
+
+
+def test_two_processes_animate_the_same_pairs_as_one(setup):
+    tmp, config_path, checkpoint = setup
+    one, _ = animate_pairs([sys.executable], tmp / 'anim-one', config_path, checkpoint)
+    two, log = animate_pairs([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2'],
+                             tmp / 'anim-two', config_path, checkpoint)
+    assert 'animation: 5 pairs by 2 processes (3 + 2)' in log, log[-2000:]  # the work was split
+    assert len(one) == 5 and sorted(one) == sorted(two)  # every pair once, none twice or lost
+    for name, frames in one.items():
+        assert frames.shape == two[name].shape and (frames == two[name]).all(), name
