@@ -33,15 +33,20 @@ def setup(tmp_path_factory):
     return tmp, str(config_path), str(checkpoint)
 
 
-def reconstruct(command, log_dir, config_path, checkpoint) -> dict:
+def run_mode(command, mode: str, log_dir, config_path, checkpoint) -> tuple:
+    """run.py --mode `mode` started by `command` (python, or torchrun); (the run folder, stderr)."""
     env = dict(os.environ, OMP_NUM_THREADS='1')
-    args = [str(ROOT / 'run.py'), '--config', config_path, '--mode', 'reconstruction', '--checkpoint', checkpoint,
+    args = [str(ROOT / 'run.py'), '--config', config_path, '--mode', mode, '--checkpoint', checkpoint,
             '--log_dir', str(log_dir), '--device', 'cpu', '--precision', 'fp32', '--batch_size', '4']
     res = subprocess.run(command + args, capture_output=True, text=True, timeout=300, env=env, cwd=str(ROOT))
     assert res.returncode == 0, res.stderr[-3000:]
     runs = [p for p in log_dir.iterdir() if p.is_dir()]
     assert len(runs) == 1, runs  # every rank wrote into the one run folder
-    folder = runs[0] / 'reconstruction'
+    return runs[0], res.stderr
+
+
+def reconstruct(command, log_dir, config_path, checkpoint) -> dict:
+    folder = run_mode(command, 'reconstruction', log_dir, config_path, checkpoint)[0] / 'reconstruction'
     report = json.loads((folder / 'metrics.json').read_text())
     report['files'] = sorted(p.name for p in folder.iterdir() if p.suffix == '.mp4')
     return report
@@ -64,16 +69,9 @@ def test_two_processes_write_the_same_metrics_as_one(setup):
                 assert b[key] == value, key
 
 
-def animate_pairs(command, log_dir, config_path, checkpoint) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS='1')
-    args = [str(ROOT / 'run.py'), '--config', config_path, '--mode', 'animate', '--checkpoint', checkpoint,
-            '--log_dir', str(log_dir), '--device', 'cpu', '--precision', 'fp32', '--batch_size', '4']
-    res = subprocess.run(command + args, capture_output=True, text=True, timeout=300, env=env, cwd=str(ROOT))
-    assert res.returncode == 0, res.stderr[-3000:]
-    runs = [p for p in log_dir.iterdir() if p.is_dir()]
-    assert len(runs) == 1, runs
-    frames = {p.name: open_video(p).read_all() for p in sorted((runs[0] / 'animation').iterdir())}
-    return frames, res.stderr
+def animate_pairs(command, log_dir, config_path, checkpoint) -> tuple:
+    run, log = run_mode(command, 'animate', log_dir, config_path, checkpoint)
+    return {p.name: open_video(p).read_all() for p in sorted((run / 'animation').iterdir())}, log
 
 
 def test_two_processes_animate_the_same_pairs_as_one(setup):
