@@ -348,6 +348,8 @@ class GeneratorFullModel(_TrainingModel):
             eye = torch.eye(2, dtype=value.dtype, device=value.device).view(1, 1, 2, 2)
             losses['equivariance_jacobian'] = w['equivariance_jacobian'] * torch.abs(eye - value).mean()
         return losses
+
+
 class DiscriminatorFullModel(_TrainingModel):
     """LSGAN discriminator loss on real driving frames vs generated ones (detached)."""
 
