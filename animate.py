@@ -10,9 +10,9 @@ Under torchrun the pairs are split over the processes.
 """
 import os
 import sys
+from collections import Counter
 from typing import Optional
 
-import torch.distributed as dist
 from tqdm import tqdm
 
 from frames_dataset import DatasetError
@@ -21,6 +21,7 @@ from inference import AnimationEngine, to_uint8_frames
 from logger import Visualizer
 from modules.keypoints import normalize_kp  # noqa: F401  (the original's name: animate.normalize_kp)
 from outputs import check_output
+from runtime import merge_shares, share_work
 from video_io import VideoWriter, media_stem, output_suffix
 
 
@@ -59,27 +60,24 @@ def animate(config, generator, kp_detector, checkpoint: Optional[str], log_dir: 
         jobs.append((int(driving_idx), int(source_idx), path))
     visualizer = Visualizer(**vars(engine.config.visualizer_params)) if visualize else None
 
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    if distributed:
-        dist.barrier()  # no rank writes before all have checked
-    written, skipped = _animate_pairs(engine, videos, jobs[rank::world], params, visualizer, progress and rank == 0)
-    if distributed:  # every rank learns the whole outcome, so that all of them stop alike or none does
-        parts = [None] * world
-        dist.all_gather_object(parts, (written, skipped))
-        order = {path: n for n, (_, _, path) in enumerate(jobs)}
-        written = sorted((p for part, _ in parts for p in part), key=order.get)
-        skipped = sorted((p for _, part in parts for p in part), key=order.get)
-        if rank == 0 and progress:
-            tqdm.write('animation: %d pairs by %d processes (%s)'
-                       % (len(jobs), world, ' + '.join(str(len(w) + len(s)) for w, s in parts)), file=sys.stderr)
+    mine, rank, world = share_work(jobs, distributed)
+    done = _animate_pairs(engine, videos, mine, params, visualizer, progress and rank == 0, rank)
+    # every rank learns the whole outcome, so that all of them stop alike or none does
+    done = merge_shares(done, distributed)
+    written = [path for path, ok, _ in done if ok]
+    if world > 1 and rank == 0 and progress:
+        by_rank = Counter(r for _, _, r in done)
+        tqdm.write('animation: %d pairs by %d processes (%s)'
+                   % (len(jobs), world, ' + '.join(str(by_rank[r]) for r in range(world))), file=sys.stderr)
     if not written and jobs:
-        raise DatasetError('animation: no pair could be animated (%d skipped)' % len(skipped))
+        raise DatasetError('animation: no pair could be animated (%d skipped)' % len(done))
     return written
 
 
-def _animate_pairs(engine, videos, jobs: list, params, visualizer, progress: bool) -> tuple:
-    """(written paths, skipped paths) of the pairs `jobs` [(driving index, source index, path)]."""
-    written, skipped = [], []
+def _animate_pairs(engine, videos, jobs: list, params, visualizer, progress: bool, rank: int) -> list:
+    """One (output path, written: bool, rank) per pair of `jobs` [(driving index, source index,
+    path)]; a pair whose video cannot be read is skipped with a warning."""
+    done = []
     for driving_idx, source_idx, path in tqdm(jobs, desc='animation', unit='pair', disable=not progress):
         try:
             source_name, _, source_frames = videos.stream(source_idx)
@@ -89,8 +87,8 @@ def _animate_pairs(engine, videos, jobs: list, params, visualizer, progress: boo
             with VideoWriter(path, fps=fps) as writer:
                 _write_pair(engine, writer, frames, params.normalization_params, visualizer)
         except (MediaError, DatasetError, ValueError) as e:
-            skipped.append(path)
+            done.append((path, False, rank))
             tqdm.write('animation: skipped %s: %s' % (os.path.basename(path), one_line(e)), file=sys.stderr)
             continue
-        written.append(path)
-    return written, skipped
+        done.append((path, True, rank))
+    return done

@@ -15,7 +15,6 @@ import sys
 from typing import Iterable, Optional
 
 import numpy as np
-import torch.distributed as dist
 from tqdm import tqdm
 
 import metrics as metrics_lib
@@ -23,6 +22,7 @@ from frames_dataset import DatasetError
 from images import MediaError, one_line
 from inference import AnimationEngine
 from outputs import check_output
+from runtime import merge_shares, share_work
 from video_io import VideoWriter, media_stem, output_suffix
 
 
@@ -82,27 +82,20 @@ def reconstruction(config, generator, kp_detector, checkpoint: Optional[str], lo
         akd = metrics_lib.akd_metric(str(engine.device))
         if akd is None and with_akd is True:
             raise RuntimeError('AKD asked for, but face-alignment or its weights are not available (see face.py)')
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    if distributed:
-        dist.barrier()  # no rank writes before all have checked
-    done = reconstruct_videos(engine, dataset, {i: targets[i] for i in indices[rank::world]}, akd,
-                              progress and rank == 0, '' if world == 1 else ' (rank %d of %d)' % (rank, world))
-    if distributed:
-        gathered = [None] * world if rank == 0 else None
-        dist.gather_object(done, gathered, dst=0)
-        if rank != 0:
-            return {'videos': [row for _, row, _ in done if row], 'mean': None, 'paths': None,
-                    'skipped': [why for _, _, why in done if why]}
-        position = {index: n for n, index in enumerate(indices)}
-        done = sorted((item for part in gathered for item in part), key=lambda item: position[item[0]])
-    per_video = [row for _, row, _ in done if row]
-    skipped = [why for _, _, why in done if why]
+    mine, rank, world = share_work(indices, distributed)
+    done = reconstruct_videos(engine, dataset, {i: targets[i] for i in mine}, akd, progress and rank == 0,
+                              '' if world == 1 else ' (rank %d of %d)' % (rank, world))
+    merged = merge_shares(done, distributed, everywhere=False)  # None on ranks other than 0
+    per_video = [row for row, _ in merged or done if row]
+    skipped = [why for _, why in merged or done if why]
+    if merged is None:  # its own rows; rank 0 writes the report
+        return {'videos': per_video, 'mean': None, 'paths': None, 'skipped': skipped}
     return write_reconstruction_report(out_dir, per_video, skipped, engine.precision, processes=world)
 
 
 def reconstruct_videos(engine, dataset, targets: dict, akd, progress: bool, rank_note: str = '') -> list:
-    """Reconstruct the videos {index: output path} in that order; returns [(index, metrics row or
-    None, skipped entry or None)]: an unreadable video is skipped with a warning."""
+    """Reconstruct the videos {index: output path} in that order; returns one (metrics row or None,
+    skipped entry or None) per video: an unreadable video is skipped with a warning."""
     done = []
     bar = tqdm(list(targets), desc='reconstruction' + rank_note, unit='video', disable=not progress)
     for i in bar:
@@ -114,13 +107,13 @@ def reconstruct_videos(engine, dataset, targets: dict, akd, progress: bool, rank
             with VideoWriter(targets[i], fps=fps) as writer:
                 reconstruct_video(engine, frames, writer, scores, akd)
         except (MediaError, DatasetError, ValueError) as e:
-            done.append((i, None, {'name': name, 'reason': one_line(e)}))
+            done.append((None, {'name': name, 'reason': one_line(e)}))
             tqdm.write('reconstruction: skipped %s: %s' % (name, one_line(e)), file=sys.stderr)
             continue
         row = scores.result()
         if akd is not None:
             row.update(akd.result())
-        done.append((i, row, None))
+        done.append((row, None))
         bar.set_postfix(l1='%.4f' % row['l1'])
     return done
 

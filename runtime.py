@@ -1,10 +1,12 @@
 """Device, precision and process facts shared by training and inference: which device, which
-autocast precision, how many CPUs, which DDP rank, the bare module under a DDP wrapper."""
+autocast precision, how many CPUs, which DDP rank, the bare module under a DDP wrapper, and how
+evaluation work is shared over torchrun processes."""
 import contextlib
 import os
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 
 PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
 _DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -79,6 +81,35 @@ def ddp_info():
     if int(os.environ.get('RANK', -1)) == -1:
         return False, 0, 0, 1
     return True, int(os.environ['RANK']), int(os.environ.get('LOCAL_RANK', 0)), int(os.environ['WORLD_SIZE'])
+
+
+def share_work(items, distributed: bool) -> tuple:
+    """(this process's share of `items`, rank, world size). Under torchrun (process group
+    initialised) rank r of W takes items r, r+W, ..., once every process has got here (each checks
+    all outputs first, so they all stop alike or none does); otherwise all items, 0, 1."""
+    items = list(items)
+    if not distributed:
+        return items, 0, 1
+    dist.barrier()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    return items[rank::world], rank, world
+
+
+def merge_shares(results: list, distributed: bool, everywhere: bool = True) -> Optional[list]:
+    """The results of share_work's shares, one per item, back in the items' order: on every
+    process (`everywhere`), or on rank 0 only (the others get None)."""
+    if not distributed:
+        return results
+    world = dist.get_world_size()
+    parts = [None] * world
+    if everywhere:
+        dist.all_gather_object(parts, results)
+    else:
+        rank0 = dist.get_rank() == 0
+        dist.gather_object(results, parts if rank0 else None, dst=0)
+        if not rank0:
+            return None
+    return [parts[k % world][k // world] for k in range(sum(len(part) for part in parts))]
 
 
 def unwrap(module: Optional[torch.nn.Module]) -> Optional[torch.nn.Module]:
