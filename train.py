@@ -83,6 +83,10 @@ class StepOptions:
     compile: bool = False  # torch.compile the keypoint detector and the generator
     batch_keypoints: bool = False  # one keypoint-detector call for source, driving and transformed frames
 
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
 
 def step_options(device: torch.device, precision: str, compile: bool = False, batch_keypoints: bool = False,
                  channels_last: Optional[bool] = None, fused_adam: Optional[bool] = None) -> StepOptions:
@@ -134,22 +138,20 @@ def keep_fused(optimizer: torch.optim.Optimizer, fused: bool) -> None:
 
 def place_networks(networks, device: torch.device, options: StepOptions) -> None:
     """Move the networks to the device, in the options' memory layout (in place)."""
-    layout = torch.channels_last if options.channels_last else torch.contiguous_format
     for net in networks:
         if net is not None:
-            net.to(device, memory_format=layout)
+            net.to(device, memory_format=options.memory_format)
 
 
 def to_device(x: dict, device: torch.device, options: StepOptions) -> dict:
     """A batch from the loader on the device (asynchronously from pinned memory), images in the
     options' layout."""
-    layout = torch.channels_last if options.channels_last else torch.contiguous_format
     out = {}
     for key, value in x.items():
         if torch.is_tensor(value):
             value = value.to(device, non_blocking=True)
             if value.dim() == 4:  # (B, C, H, W)
-                value = value.contiguous(memory_format=layout)
+                value = value.contiguous(memory_format=options.memory_format)
         out[key] = value
     return out
 
