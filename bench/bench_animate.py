@@ -316,12 +316,18 @@ def startup_report(paths: dict, config_path: str, precision: str, device: torch.
 
 
 # ------------------------------------------------------------------------------ main
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def model_flags(p: argparse.ArgumentParser) -> None:
+    """--config, --checkpoint and --device of the inference benchmarks (vox-256, random weights)."""
     d = ' (default: %(default)s)'
     p.add_argument('--config', default=str(ROOT / 'config' / 'vox-256.yaml'), help='model config' + d)
     p.add_argument('--checkpoint', default=None, help='weights; random (seeded) weights when absent' + d)
     p.add_argument('--device', default=None, help='cpu, cuda or cuda:N (default: cuda when available, else cpu)')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = ' (default: %(default)s)'
+    model_flags(p)
     p.add_argument('--frames', type=int, default=16, help='driving frames for the speed comparison' + d)
     p.add_argument('--size', type=int, default=256, help='frame size for the speed comparison' + d)
     p.add_argument('--batch_size', type=int, default=8, help='engine batch size' + d)

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from baseline import per_frame_animation  # noqa: E402
-from bench_animate import describe_machine, driving_frames, sync, texture  # noqa: E402
+from bench_animate import describe_machine, driving_frames, model_flags, sync, texture  # noqa: E402
 from images import float_to_uint8  # noqa: E402
 from inference import AnimationEngine, load_networks  # noqa: E402
 from runtime import resolve_device  # noqa: E402
@@ -77,9 +77,7 @@ def engine_round(engine: AnimationEngine, frames: list) -> tuple:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = ' (default: %(default)s)'
-    p.add_argument('--config', default=str(ROOT / 'config' / 'vox-256.yaml'), help='model config' + d)
-    p.add_argument('--checkpoint', default=None, help='weights; random (seeded) weights when absent' + d)
-    p.add_argument('--device', default=None, help='cpu, cuda or cuda:N (default: cuda when available, else cpu)')
+    model_flags(p)
     p.add_argument('--frames', type=int, default=8, help='driving frames per round and variant' + d)
     p.add_argument('--rounds', type=int, default=3, help='rounds; each runs every variant in turn' + d)
     p.add_argument('--precisions', default='fp32,bf16', help='engine precisions, comma separated' + d)
