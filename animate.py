@@ -16,13 +16,13 @@ from typing import Optional
 from tqdm import tqdm
 
 from frames_dataset import DatasetError
-from images import MediaError, one_line
-from inference import AnimationEngine, to_uint8_frames
+from media.images import MediaError, one_line
+from engine.torch_engine import AnimationEngine, to_uint8_frames
 from logger import Visualizer
 from modules.keypoints import normalize_kp  # noqa: F401  (the original's name: animate.normalize_kp)
-from outputs import check_output
-from runtime import merge_shares, share_work
-from video_io import VideoWriter, media_stem, output_suffix
+from media.outputs import check_output
+from core.runtime import merge_shares, share_work
+from media.video_io import VideoWriter, media_stem, output_suffix
 
 
 def _write_pair(engine, writer, frames, norm, visualizer: Optional[Visualizer]) -> None:

@@ -34,12 +34,12 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from cli import HelpFormatter, one_line_warnings
-from images import FITS, MediaError, fit, read_image
-from inference import AnimationEngine
-from outputs import OutputError, check_outputs
+from core.cli import HelpFormatter, one_line_warnings
+from media.images import FITS, MediaError, fit, read_image
+from engine.torch_engine import AnimationEngine
+from media.outputs import OutputError, check_outputs
 from pipeline import PhotoOptions, animate_photo
-from runtime import PRECISIONS
+from core.runtime import PRECISIONS
 
 PROG = 'app.py'
 ROOT = Path(__file__).resolve().parent
@@ -110,7 +110,7 @@ def load_engine(config: Optional[str], checkpoint: str, precision: str, device: 
     """The torch engine for a checkpoint file; the onnxruntime engine for an export folder (its
     manifest carries the config and the precision it was exported at)."""
     if os.path.isdir(checkpoint):
-        from onnx_engine import OnnxEngine
+        from engine.onnx_engine import OnnxEngine
         return OnnxEngine.from_export(checkpoint, batch_size=batch_size, device=device)
     return AnimationEngine.from_checkpoint(config, checkpoint, device=device, precision=precision,
                                            batch_size=batch_size)
@@ -211,7 +211,7 @@ class App:
 
     def open_driving(self, path: Optional[str]):
         """The driving video (video_io.VideoSource), with 2 to max_frames frames."""
-        from video_io import VIDEO_EXTENSIONS, open_video
+        from media.video_io import VIDEO_EXTENSIONS, open_video
 
         name = self.check_upload(path, 'driving video', self.limits.max_upload_mb, '--max_upload_mb')
         if os.path.splitext(name)[1].lower() not in VIDEO_EXTENSIONS:
@@ -253,8 +253,8 @@ class App:
 
     def engine(self, choice: ModelChoice) -> AnimationEngine:
         """The chosen model from the cache (loaded on first use), as this request's own view."""
-        from checkpoint import CheckpointError
-        from config import ConfigError
+        from core.checkpoint import CheckpointError
+        from core.config import ConfigError
 
         config, checkpoint, names = self.model_paths(choice)
         if choice.precision not in PRECISIONS:
@@ -298,7 +298,7 @@ class App:
     def animate(self, request: AnimateRequest,
                 progress: Optional[Callable[[int, int], None]] = None) -> Tuple[str, str]:
         """(result video, side-by-side preview) for one request: pipeline.animate_photo, as demo.py."""
-        from face import FaceToolsError
+        from analysis.face import FaceToolsError
 
         options = self.photo_options(request)
         photo = self.read_source(request.source)
@@ -405,7 +405,7 @@ class LiveSession:
 
 def safe_stem(path: str) -> str:
     """A file name stem safe to serve: letters, digits, '-', '_' (uploads are named by anyone)."""
-    from video_io import media_stem
+    from media.video_io import media_stem
     return re.sub(r'[^A-Za-z0-9_-]+', '_', media_stem(os.path.basename(str(path))))[:40] or 'upload'
 
 
@@ -449,7 +449,7 @@ def model_block(gr, app: App, precision: str) -> list:
 
 def shown_image(image: np.ndarray, least: int = 220) -> np.ndarray:
     """An image to show on the page: a small one enlarged (a 64x64 source would be a speck)."""
-    from images import resize
+    from media.images import resize
 
     scale = least / min(image.shape[:2])
     return resize(image, round(image.shape[0] * scale), round(image.shape[1] * scale)) if scale > 1 else image
@@ -587,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    from runtime import resolve_device, resolve_precision
+    from core.runtime import resolve_device, resolve_precision
 
     for flag in ('max_upload_mb', 'max_checkpoint_mb', 'max_frames', 'concurrency', 'models', 'batch_size'):
         if getattr(args, flag) <= 0:

@@ -20,9 +20,9 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from cli import HelpFormatter, one_line_warnings, report
-from face import DETECTORS, FA_WEIGHTS_ENV, CropGeometry, Detector, FaceToolsError, iou, make_detector, square_box
-from images import resize
+from core.cli import HelpFormatter, one_line_warnings, report
+from analysis.face import DETECTORS, FA_WEIGHTS_ENV, CropGeometry, Detector, FaceToolsError, iou, make_detector, square_box
+from media.images import resize
 
 PROG = 'crop_video.py'
 
@@ -150,7 +150,7 @@ def plan_clips(tracks: Sequence[Track], frame_hw: tuple[int, int], increase: flo
 
 def _open(path: Path):
     """The input as a video_io VideoSource; one-line errors name it."""
-    from video_io import MediaError, open_video
+    from media.video_io import MediaError, open_video
 
     if path.is_dir():
         raise FaceToolsError('input %s is a folder, expected a video file' % (path,))
@@ -164,7 +164,7 @@ def _open(path: Path):
 
 def _frames(video, limit: Optional[int] = None) -> Iterator[np.ndarray]:
     """The video's uint8 (H, W, 3) frames, decoder failures turned into one-line errors."""
-    from video_io import MediaError
+    from media.video_io import MediaError
 
     try:
         for index, frame in enumerate(video):
@@ -198,7 +198,7 @@ def detect_tracks(path: Path, detector: Detector, every: int = 1, iou_with_initi
 
 def clip_paths(path: Path, clips: Sequence[Clip], out_dir: Path, overwrite: bool = False) -> list[Path]:
     """Each clip's output path, checked by the one output-path rule before anything is written."""
-    from outputs import OutputError, check_output
+    from media.outputs import OutputError, check_output
 
     outputs = [out_dir / clip.name(path.stem) for clip in clips]
     try:
@@ -215,7 +215,7 @@ def write_clips(path: Path, clips: Sequence[Clip], outputs: Sequence[Path], imag
     temporary name and renamed when complete)."""
     from tqdm import tqdm
 
-    from video_io import VideoWriter
+    from media.video_io import VideoWriter
 
     writers: dict[int, VideoWriter] = {}
     last_frame = max(clip.end for clip in clips)
@@ -329,7 +329,7 @@ def run(args: argparse.Namespace) -> list[Path]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from outputs import exit_on_sigterm
+    from media.outputs import exit_on_sigterm
     args = build_parser().parse_args(argv)
     exit_on_sigterm()  # unfinished clips are discarded, not left half-written
     try:

@@ -15,7 +15,7 @@ Outputs never replace an input, nor a file or folder this tool did not write (un
 Python API kept from the original: `load_checkpoints(config_path, checkpoint_path, cpu=False)`
 -> (generator, kp_detector) and `make_animation(source_image, driving_video, generator,
 kp_detector, relative=True, adapt_movement_scale=True, cpu=False)` -> list of (H, W, 3) float
-frames; both run on the batched engine of `inference.py`.
+frames; both run on the batched engine of `engine/torch_engine.py`.
 """
 import argparse
 import os
@@ -24,9 +24,9 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from cli import HelpFormatter, interrupted, one_line_warnings, report
-from images import FITS, MediaError, read_image
-from outputs import OutputError, check_outputs, exit_on_sigterm
+from core.cli import HelpFormatter, interrupted, one_line_warnings, report
+from media.images import FITS, MediaError, read_image
+from media.outputs import OutputError, check_outputs, exit_on_sigterm
 from pipeline import PhotoOptions, animate_photo, check_driving
 
 PROG = 'demo.py'
@@ -36,8 +36,8 @@ PROG = 'demo.py'
 def load_checkpoints(config_path: str, checkpoint_path: str, cpu: bool = False):
     """(generator, kp_detector) built from a config, weights loaded (weights_only), eval mode, on
     CUDA unless `cpu` (or no GPU is present)."""
-    from inference import load_networks
-    from runtime import resolve_device
+    from engine.torch_engine import load_networks
+    from core.runtime import resolve_device
 
     generator, kp_detector, _ = load_networks(config_path, checkpoint_path)
     device = resolve_device('cpu' if cpu else None)
@@ -49,7 +49,7 @@ def make_animation(source_image: np.ndarray, driving_video: Sequence[np.ndarray]
                    batch_size: int = 8) -> List[np.ndarray]:
     """The source image (H, W, 3) float in [0, 1] animated by the driving frames (a list of the
     same), in fp32 -> list of (H, W, 3) float32 frames, as the original returned."""
-    from inference import AnimationEngine
+    from engine.torch_engine import AnimationEngine
 
     device = 'cpu' if cpu else next(generator.parameters()).device
     engine = AnimationEngine(generator, kp_detector, device=device, precision='fp32', batch_size=batch_size)
@@ -60,7 +60,7 @@ def make_animation(source_image: np.ndarray, driving_video: Sequence[np.ndarray]
 
 def find_best_frame(source: np.ndarray, driving: Sequence[np.ndarray], cpu: bool = False) -> int:
     """Index of the driving frame whose face landmarks best match the source's (face-alignment)."""
-    import face
+    from analysis import face
     landmarker = face.FaceLandmarker(device='cpu' if cpu else None)
     return face.find_best_frame(landmarker(np.asarray(source)), face.landmarks_for_frames(driving, landmarker=landmarker))
 
@@ -143,7 +143,7 @@ def photo_options(args: argparse.Namespace) -> PhotoOptions:
 def check_args(args: argparse.Namespace) -> None:
     """Every check that needs no model: inputs that exist, known output formats, and the
     output-path rule (outputs.check_outputs), all before any work starts."""
-    from video_io import OUTPUT_FORMATS
+    from media.video_io import OUTPUT_FORMATS
 
     if args.adapt_scale and not args.relative:
         print('%s: note: --adapt_scale has no effect without --relative' % PROG, file=sys.stderr)
@@ -165,7 +165,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 def make_landmarker(args: argparse.Namespace):
     """face-alignment's landmarker for --find_best_frame (before the model loads: fails fast)."""
-    import face
+    from analysis import face
     try:
         return face.FaceLandmarker(device='cpu' if args.cpu else (args.device or None))
     except face.FaceToolsError as e:
@@ -177,8 +177,8 @@ def make_engine(args: argparse.Namespace):
     imported at all, so the demo runs where only onnxruntime is installed)."""
     device = 'cpu' if args.cpu else args.device
     if args.backend == 'torch':
-        from checkpoint import CheckpointError
-        from inference import AnimationEngine
+        from core.checkpoint import CheckpointError
+        from engine.torch_engine import AnimationEngine
         try:
             return AnimationEngine.from_checkpoint(args.config, args.checkpoint, device=device,
                                                    precision=args.precision, batch_size=args.batch_size,
@@ -186,7 +186,7 @@ def make_engine(args: argparse.Namespace):
         except CheckpointError as e:
             raise UserError(str(e)) from None
     try:
-        from onnx_engine import OnnxEngine
+        from engine.onnx_engine import OnnxEngine
     except ImportError as e:
         raise UserError('--backend onnx: %s (pip install -r requirements-onnx.txt)' % e) from None
     return OnnxEngine.from_export(args.onnx_dir, batch_size=args.batch_size, device=device)
@@ -196,7 +196,7 @@ def run(args: argparse.Namespace) -> str:
     """The demo; returns the written path. Raises UserError (and the project's one-line errors)."""
     from tqdm import tqdm
 
-    from video_io import open_video
+    from media.video_io import open_video
 
     options = photo_options(args)
     check_args(args)
@@ -214,8 +214,8 @@ def run(args: argparse.Namespace) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     exit_on_sigterm()  # SIGTERM unwinds like Ctrl-C: no half-written temporary stays behind
-    from config import ConfigError
-    from face import FaceToolsError
+    from core.config import ConfigError
+    from analysis.face import FaceToolsError
 
     try:
         path = run(args)

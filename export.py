@@ -1,9 +1,9 @@
-"""Export a model to ONNX, for the torch-free runtime (onnx_engine.py) or any ONNX runtime.
+"""Export a model to ONNX, for the torch-free runtime (engine/onnx_engine.py) or any ONNX runtime.
 
     python export.py --config config/vox-256.yaml --checkpoint vox-cpk.pth.tar --out export/vox-256
     python demo.py --backend onnx --onnx_dir export/vox-256 --source_image photo.jpg --driving_video drive.mp4
 
-Writes into --out three graphs and a manifest (tensor names and shapes: onnx_engine.py):
+Writes into --out three graphs and a manifest (tensor names and shapes: engine/onnx_engine.py):
   kp_detector.onnx  frames -> keypoints and Jacobians          (dynamic batch)
   source.onnx       source image -> the generator's encoding   (computed once per source)
   generator.onnx    encoding, source, source and driving keypoints -> prediction [+ occlusion map]
@@ -33,9 +33,9 @@ import torch
 from torch import nn
 
 from modules.fused import fuse_for_inference
-from cli import HelpFormatter, one_line_warnings
-from onnx_engine import FORMAT_VERSION, GRAPHS, KP_NAMES, MANIFEST, graph_names, sha256
-from outputs import MARK, OutputError, check_outputs, clean_stale_temps, commit, temp_path
+from core.cli import HelpFormatter, one_line_warnings
+from engine.onnx_engine import FORMAT_VERSION, GRAPHS, KP_NAMES, MANIFEST, graph_names, sha256
+from media.outputs import MARK, OutputError, check_outputs, clean_stale_temps, commit, temp_path
 
 PROG = 'export.py'
 EXPORTERS = ('torchscript', 'dynamo')
@@ -372,8 +372,8 @@ def check_args(args: argparse.Namespace) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from checkpoint import CheckpointError
-    from config import ConfigError
+    from core.checkpoint import CheckpointError
+    from core.config import ConfigError
 
     def log(message):
         print('%s: %s' % (PROG, message), file=sys.stderr)
@@ -381,7 +381,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         check_args(args)
         import onnxruntime  # noqa: F401  (the check after writing needs it: fail before the work)
-        from inference import load_networks
+        from engine.torch_engine import load_networks
         generator, kp_detector, config = load_networks(args.config, args.checkpoint)
         export_model(generator, kp_detector, config, args.out, opset=args.opset, fp16=args.fp16,
                      exporter=args.exporter, tolerance=args.tolerance, checkpoint=args.checkpoint, batch=args.batch,

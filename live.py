@@ -24,11 +24,11 @@ from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-import cli
-from images import FITS, MediaError, fit, read_image, resize
-from inference import AnimationEngine
-from outputs import OutputError, check_outputs
-from runtime import PRECISIONS
+from core import cli
+from media.images import FITS, MediaError, fit, read_image, resize
+from engine.torch_engine import AnimationEngine
+from media.outputs import OutputError, check_outputs
+from core.runtime import PRECISIONS
 
 PROG = 'live.py'
 DEFAULT_CHECKPOINT = 'checkpoints/shapes-64.pth.tar'
@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     """Every check that needs no model, before any work starts (the output-path rule included)."""
-    from video_io import OUTPUT_FORMATS
+    from media.video_io import OUTPUT_FORMATS
 
     Keys(args.keys)  # a typo in the script fails here, before the model loads
     if args.headless and not args.output:
@@ -237,7 +237,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 def open_input(args: argparse.Namespace):
     """(frames iterator, fps) from --video or --camera."""
-    from video_io import open_video
+    from media.video_io import open_video
 
     if args.video is not None:
         video = open_video(args.video)
@@ -259,7 +259,7 @@ def report(latency: Sequence[float], count: int, seconds: float, engine: Animati
 
 
 def run(args: argparse.Namespace) -> str:
-    from video_io import VideoWriter
+    from media.video_io import VideoWriter
 
     check_args(args)
     images = [read_image(path) for path in args.source]
@@ -283,8 +283,8 @@ def run(args: argparse.Namespace) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from checkpoint import CheckpointError
-    from config import ConfigError
+    from core.checkpoint import CheckpointError
+    from core.config import ConfigError
 
     try:
         print(run(args))

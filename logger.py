@@ -16,9 +16,9 @@ import torch
 import yaml
 from skimage.draw import disk
 
-from checkpoint import FORMAT_VERSION, load_checkpoint, save_atomic
-from outputs import clean_stale_temps
-from runtime import unwrap
+from core.checkpoint import FORMAT_VERSION, load_checkpoint, save_atomic
+from media.outputs import clean_stale_temps
+from core.runtime import unwrap
 
 
 def run_dir_name(config_name: str, when: Optional[float] = None) -> str:

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from images import fit
+from media.images import fit
 
 Progress = Callable[[int, int], None]  # (frames done, frames in all)
 
@@ -59,7 +59,7 @@ def prepare_source(photo: np.ndarray, size, options: PhotoOptions, device: str =
     """(source at the model's size, face.CropGeometry or None) from the photo."""
     if not options.crop_source:
         return fit(photo, size, options.fit), None
-    import face
+    from analysis import face
     detector = face.make_detector(options.detector, device=device)
     box = face.find_face(photo, detector, what=what)
     return face.crop_face(photo, box, out_size=tuple(size), increase=options.increase)
@@ -74,7 +74,7 @@ def initial_frame(video, source: np.ndarray, size, options: PhotoOptions, landma
         return None
     index = options.best_frame
     if index is None:
-        import face
+        from analysis import face
         landmarker = landmarker or face.FaceLandmarker()
         landmarks = face.landmarks_for_frames((fit(f, size, options.fit) for f in video), landmarker=landmarker,
                                               progress=progress)
@@ -88,8 +88,8 @@ def animate_photo(engine, photo: np.ndarray, video, result: str, options: PhotoO
                   device: str = 'cpu') -> str:
     """Animate `photo` (uint8 (H, W, 3)) by `video` (a video_io.VideoSource) into `result` (and the
     `preview`); the caller has checked the output paths (outputs.check_outputs). Returns `result`."""
-    import face
-    from video_io import VideoWriter, copy_audio, has_audio
+    from analysis import face
+    from media.video_io import VideoWriter, copy_audio, has_audio
 
     options.check()
     check_driving(video, options)

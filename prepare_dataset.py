@@ -33,10 +33,10 @@ from typing import Callable, Optional
 
 from tqdm import tqdm
 
-import cli
-from images import MediaError, one_line, resize
-from outputs import MARK, OutputError, clean_stale_temps
-from video_io import ContainerSource, VideoWriter, is_image_file, media_stem, open_video
+from core import cli
+from media.images import MediaError, one_line, resize
+from media.outputs import MARK, OutputError, clean_stale_temps
+from media.video_io import ContainerSource, VideoWriter, is_image_file, media_stem, open_video
 
 PROG = 'prepare_dataset.py'
 MANIFEST = '.fomm-prepared.json'  # in OUT: the settings it was prepared with; marks OUT as ours
@@ -230,7 +230,7 @@ def main(argv: Optional[list] = None) -> int:
         if args.workers < 0:
             raise ValueError('--workers: must be >= 0, got %d' % args.workers)
         if args.workers == 0:
-            from runtime import cpu_count  # here: it imports torch, which spawned workers do without
+            from core.runtime import cpu_count  # here: it imports torch, which spawned workers do without
             args.workers = cpu_count()
         if not 0 <= args.crf <= 51:
             raise ValueError('--crf: must be within 0..51, got %d' % args.crf)

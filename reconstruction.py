@@ -17,13 +17,13 @@ from typing import Iterable, Optional
 import numpy as np
 from tqdm import tqdm
 
-import metrics as metrics_lib
+from analysis import metrics as metrics_lib
 from frames_dataset import DatasetError
-from images import MediaError, one_line
-from inference import AnimationEngine
-from outputs import check_output
-from runtime import merge_shares, share_work
-from video_io import VideoWriter, media_stem, output_suffix
+from media.images import MediaError, one_line
+from engine.torch_engine import AnimationEngine
+from media.outputs import check_output
+from core.runtime import merge_shares, share_work
+from media.video_io import VideoWriter, media_stem, output_suffix
 
 
 def reconstruct_video(engine, frames: Iterable[np.ndarray], writer=None,
@@ -81,7 +81,7 @@ def reconstruction(config, generator, kp_detector, checkpoint: Optional[str], lo
     if with_akd:
         akd = metrics_lib.akd_metric(str(engine.device))
         if akd is None and with_akd is True:
-            raise RuntimeError('AKD asked for, but face-alignment or its weights are not available (see face.py)')
+            raise RuntimeError('AKD asked for, but face-alignment or its weights are not available (see analysis/face.py)')
     mine, rank, world = share_work(indices, distributed)
     done = reconstruct_videos(engine, dataset, {i: targets[i] for i in mine}, akd, progress and rank == 0,
                               '' if world == 1 else ' (rank %d of %d)' % (rank, world))

@@ -88,7 +88,7 @@ def check_args(args) -> None:
 def run_dir_for(args, config_path: str) -> str:
     """Training from scratch, evaluating, or --fork: a new timestamped run folder; resuming from a
     run's newest checkpoint: that run's folder (an older one without --fork is refused)."""
-    from config import config_name
+    from core.config import config_name
     from logger import resume_conflict, run_dir_name, run_folder_of
 
     fresh = os.path.join(args.log_dir, run_dir_name(config_name(config_path)))
@@ -112,7 +112,7 @@ def setup_device(args, is_ddp: bool, local_rank: int):
     import torch
     import torch.distributed as dist
 
-    from runtime import resolve_device
+    from core.runtime import resolve_device
     if not is_ddp:
         return resolve_device(args.device)
     if torch.cuda.is_available() and (args.device is None or args.device.startswith('cuda')):
@@ -169,12 +169,12 @@ def execute(args, config, device, precision: str, rank: int) -> str:
 
 def user_errors() -> tuple:
     """The exceptions that are the user's mistakes: one line, exit 1."""
-    from checkpoint import CheckpointError
-    from config import ConfigError
+    from core.checkpoint import CheckpointError
+    from core.config import ConfigError
     from frames_dataset import DatasetError
-    from images import MediaError
+    from media.images import MediaError
     from modules.model import VGGWeightsError
-    from outputs import OutputError
+    from media.outputs import OutputError
     from train import TrainingStopped
     return (ConfigError, DatasetError, CheckpointError, VGGWeightsError, TrainingStopped, MediaError, OutputError,
             ValueError, FileNotFoundError, PermissionError)
@@ -185,9 +185,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     import torch.distributed as dist
 
-    from config import load_config
-    from outputs import exit_on_sigterm
-    from runtime import ddp_info, resolve_precision
+    from core.config import load_config
+    from media.outputs import exit_on_sigterm
+    from core.runtime import ddp_info, resolve_precision
     exit_on_sigterm()  # evaluation: writers discard their temporaries (training saves a checkpoint instead)
     is_ddp, rank, local_rank, _ = ddp_info()
     errors = user_errors()
@@ -223,6 +223,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    from cli import one_line_warnings
+    from core.cli import one_line_warnings
     one_line_warnings('run.py')
     sys.exit(main())

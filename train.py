@@ -23,11 +23,11 @@ from torch.optim.lr_scheduler import MultiStepLR
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from checkpoint import load_checkpoint
+from core.checkpoint import load_checkpoint
 from frames_dataset import DatasetRepeater, default_num_workers, worker_init_fn
 from logger import Logger
 from modules.model import DiscriminatorFullModel, GeneratorFullModel
-from runtime import autocast, ddp_info
+from core.runtime import autocast, ddp_info
 
 ADAM_BETAS = (0.5, 0.999)
 

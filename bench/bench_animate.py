@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from baseline import per_frame_animation  # noqa: E402
-from inference import AnimationEngine, load_networks  # noqa: E402
-from runtime import cpu_count, cpu_has_native_bf16, resolve_device  # noqa: E402
+from engine.torch_engine import AnimationEngine, load_networks  # noqa: E402
+from core.runtime import cpu_count, cpu_has_native_bf16, resolve_device  # noqa: E402
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -152,7 +152,7 @@ def run_loop(generator, kp_detector, source, frames, device) -> tuple:
 
 def profile_engine(engine: AnimationEngine, source: np.ndarray, frames: list, rounds: int = 2) -> dict:
     """Seconds per frame spent in each stage of the engine (best of `rounds`)."""
-    from runtime import autocast
+    from core.runtime import autocast
     engine.set_source(source)
     fmt = torch.channels_last if engine.channels_last else torch.contiguous_format
     batch = engine.to_tensor(frames[0]).expand(engine.batch_size, -1, -1, -1).contiguous(memory_format=fmt)
@@ -208,7 +208,7 @@ def memory_check(args, generator, kp_detector, device, layout) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             writer = None
             if args.writer == 'mp4':
-                from video_io import VideoWriter
+                from media.video_io import VideoWriter
                 writer = VideoWriter(os.path.join(tmp, 'out.mp4'), fps=25)
             if device.type == 'cuda':
                 torch.cuda.reset_peak_memory_stats(device)
@@ -240,8 +240,8 @@ def write_demo_inputs(folder: str, generator, kp_detector, config_path: str, cou
     driving clip, as files for demo.py."""
     import imageio.v2 as imageio
 
-    from config import load_config
-    from video_io import VideoWriter
+    from core.config import load_config
+    from media.video_io import VideoWriter
     paths = {'checkpoint': os.path.join(folder, 'weights.pth.tar'), 'source': os.path.join(folder, 'source.png'),
              'driving': os.path.join(folder, 'driving.mp4'), 'result': os.path.join(folder, 'result.mp4')}
     config = load_config(config_path).to_dict()
@@ -274,7 +274,7 @@ def child_env() -> dict:
 def demo_comparison(args, generator, kp_detector, device) -> None:
     """demo.py end to end (a fresh process per run) vs the per-frame loop run in this process on
     the same decoded frames, in interleaved rounds, the best of each kept."""
-    from video_io import open_video
+    from media.video_io import open_video
     precisions = (args.precisions.split(',') if args.precisions else ['fp32', 'bf16'])
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_demo_inputs(tmp, generator, kp_detector, args.config, args.demo_frames, args.size)

@@ -38,11 +38,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from augmentation import AllAugmentationTransform  # noqa: E402
+from media.augmentation import AllAugmentationTransform  # noqa: E402
 from frames_dataset import DatasetWarning, FramesDataset  # noqa: E402
-from images import resize  # noqa: E402
+from media.images import resize  # noqa: E402
 from prepare_dataset import Settings, prepare  # noqa: E402
-from video_io import decode_stats  # noqa: E402
+from media.video_io import decode_stats  # noqa: E402
 
 VOX_AUGMENTATION = {'flip_param': {'horizontal_flip': True, 'time_flip': True},
                     'jitter_param': {'brightness': 0.1, 'contrast': 0.1, 'saturation': 0.1, 'hue': 0.1}}

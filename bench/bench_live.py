@@ -24,9 +24,9 @@ sys.path.insert(0, str(ROOT))
 
 from baseline import per_frame_animation  # noqa: E402
 from bench_animate import describe_machine, driving_frames, model_flags, sync, texture  # noqa: E402
-from images import float_to_uint8  # noqa: E402
-from inference import AnimationEngine, load_networks  # noqa: E402
-from runtime import resolve_device  # noqa: E402
+from media.images import float_to_uint8  # noqa: E402
+from engine.torch_engine import AnimationEngine, load_networks  # noqa: E402
+from core.runtime import resolve_device  # noqa: E402
 
 
 class TimedFrames:

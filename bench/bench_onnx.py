@@ -38,8 +38,8 @@ sys.path.insert(0, str(ROOT / 'bench'))
 
 from baseline import per_frame_animation  # noqa: E402
 from bench_animate import driving_frames, psnr, texture  # noqa: E402
-from inference import AnimationEngine, load_networks  # noqa: E402
-from runtime import cpu_has_native_bf16  # noqa: E402
+from engine.torch_engine import AnimationEngine, load_networks  # noqa: E402
+from core.runtime import cpu_has_native_bf16  # noqa: E402
 
 RUNTIME_PACKAGES = ['numpy', 'opencv-python-headless<5', 'imageio', 'imageio-ffmpeg', 'pillow', 'pyyaml', 'tqdm']
 
@@ -61,7 +61,7 @@ def quantized_copy(folder: str, dst: str) -> None:
     activations quantized on the fly), checksums updated in the manifest."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from onnx_engine import MANIFEST, sha256
+    from engine.onnx_engine import MANIFEST, sha256
     shutil.copytree(folder, dst)
     with open(os.path.join(dst, MANIFEST)) as f:
         manifest = json.load(f)
@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
 def onnx_engines(generator, kp_detector, config, tmp: str, args) -> dict:
     """{name: OnnxEngine} of the fp32 export, the fp16 export and the int8 copy, written into `tmp`."""
     import export
-    from onnx_engine import OnnxEngine
+    from engine.onnx_engine import OnnxEngine
 
     engines = {}
     for precision in ('fp32',) if args.no_fp16 else ('fp32', 'fp16'):

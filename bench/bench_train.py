@@ -40,9 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench_animate import describe_machine  # noqa: E402
-from config import load_config  # noqa: E402
+from core.config import load_config  # noqa: E402
 from modules.model import Vgg19, build_networks  # noqa: E402
-from runtime import resolve_device, resolve_precision  # noqa: E402
+from core.runtime import resolve_device, resolve_precision  # noqa: E402
 from train import (StepOptions, make_optimizers, place_networks, prepare_step, step_options, to_device,  # noqa: E402
                    train_step)
 

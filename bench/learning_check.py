@@ -26,10 +26,10 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from config import load_config  # noqa: E402
-from inference import AnimationEngine, to_uint8_frames  # noqa: E402
-from images import resize  # noqa: E402
-from video_io import iter_video_frames  # noqa: E402
+from core.config import load_config  # noqa: E402
+from engine.torch_engine import AnimationEngine, to_uint8_frames  # noqa: E402
+from media.images import resize  # noqa: E402
+from media.video_io import iter_video_frames  # noqa: E402
 
 
 def to_tensor(frames):

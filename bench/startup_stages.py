@@ -36,9 +36,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     sys.path.insert(0, ROOT)
     import demo  # noqa: F401  (what demo.py imports before it parses its arguments)
-    from images import read_image
-    from inference import AnimationEngine  # (demo.py imports the engine once its arguments are read)
-    from video_io import open_video
+    from media.images import read_image
+    from engine.torch_engine import AnimationEngine  # (demo.py imports the engine once its arguments are read)
+    from media.video_io import open_video
     stage('imports (torch, numpy, the project)')
     engine = AnimationEngine.from_checkpoint(args.config, args.checkpoint, device=args.device,
                                              precision=args.precision, batch_size=4)

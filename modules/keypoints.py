@@ -19,7 +19,7 @@ from typing import Dict
 import numpy as np
 
 
-def _namespace(x):
+def array_namespace(x):
     """torch for a torch tensor (already imported by whoever made it), numpy otherwise."""
     return sys.modules['torch'] if type(x).__module__.split('.')[0] == 'torch' else np
 
@@ -31,7 +31,7 @@ def matmul_2x2(a, b):
 
 def inverse_2x2(m):
     """Inverse of (..., 2, 2) matrices by the adjugate formula (no batched LU, exportable)."""
-    xp = _namespace(m)
+    xp = array_namespace(m)
     a, b, c, d = m[..., 0, 0], m[..., 0, 1], m[..., 1, 0], m[..., 1, 1]
     det = a * d - b * c
     adj = xp.stack([xp.stack([d, -b], -1), xp.stack([-c, a], -1)], -2)

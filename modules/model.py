@@ -18,7 +18,7 @@ from modules.discriminator import scale_key
 from modules.fused import cast_conv_weights
 from modules.util import (AntiAliasInterpolation2d, coordinate_grid, detach_kp, inverse_2x2, make_coordinate_grid,
                           matmul_2x2)
-from runtime import unwrap
+from core.runtime import unwrap
 
 
 class ImagePyramide(nn.Module):

@@ -54,7 +54,7 @@ def one_thread():
 
 def haar_ok() -> bool:
     """Whether OpenCV with its Haar cascade files is here (OpenCV 5 dropped them)."""
-    import face
+    from analysis import face
     try:
         face.make_detector('haar')
     except face.FaceToolsError:

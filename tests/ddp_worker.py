@@ -7,7 +7,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from config import load_config  # noqa: E402
+from core.config import load_config  # noqa: E402
 from frames_dataset import FramesDataset  # noqa: E402
 from modules.model import build_networks  # noqa: E402
 from train import train  # noqa: E402

@@ -17,8 +17,8 @@ sys.path.insert(0, str(ROOT))
 gr = pytest.importorskip('gradio', reason='the web app needs gradio: pip install -r requirements-app.txt')
 
 import app as web  # noqa: E402
-from inference import load_networks  # noqa: E402
-from video_io import VideoWriter, open_video, probe_video  # noqa: E402
+from engine.torch_engine import load_networks  # noqa: E402
+from media.video_io import VideoWriter, open_video, probe_video  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
@@ -284,8 +284,8 @@ def test_an_onnx_export_in_checkpoints_runs_on_onnxruntime(server, tmp_path, mon
     monkeypatch.setattr(web, 'CHECKPOINT_DIR', folder)
     assert web.list_checkpoints() == [web.DEFAULT_CHECKPOINT, 'shapes/']
     onnx = web.ModelChoice(config=web.FROM_CHECKPOINT, checkpoint='shapes/', precision='fp32')
-    from images import read_image
-    from onnx_engine import OnnxEngine
+    from media.images import read_image
+    from engine.onnx_engine import OnnxEngine
     engines = server.engine(onnx), server.engine(FP32)
     assert isinstance(engines[0], OnnxEngine)
     frames = list(open_video(DRIVING))

@@ -24,7 +24,7 @@ pytest.importorskip('gradio', reason='the web app needs gradio: pip install -r r
 playwright = pytest.importorskip('playwright.sync_api',
                                  reason='the browser test needs playwright: pip install -r requirements-app.txt')
 
-from video_io import probe_video  # noqa: E402
+from media.video_io import probe_video  # noqa: E402
 
 SOURCE = ROOT / 'assets' / 'shapes-source.png'
 DRIVING = ROOT / 'assets' / 'shapes-driving.mp4'

@@ -9,8 +9,8 @@ import torch
 import yaml
 
 from conftest import ROOT
-from checkpoint import read_checkpoint
-from synthetic import write_dataset
+from core.checkpoint import read_checkpoint
+from media.synthetic import write_dataset
 
 TINY = ROOT / 'tests' / 'tiny.yaml'
 
@@ -78,7 +78,7 @@ def test_device_ids_relaunch_arguments():
     (False, True, 'cpu', 'bf16'), (True, False, 'cpu', 'fp32'), (False, False, 'cpu', 'fp32'),
 ])
 def test_resolve_precision_on_each_kind_of_machine(monkeypatch, cuda_bf16, cpu_bf16, device, want):
-    import runtime
+    from core import runtime
     monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda *a, **k: cuda_bf16)
     monkeypatch.setattr(runtime, 'cpu_has_native_bf16', lambda: cpu_bf16)
     device = torch.device(device)
@@ -94,7 +94,7 @@ def test_resolve_precision_on_each_kind_of_machine(monkeypatch, cuda_bf16, cpu_b
 def test_cpu_bf16_detection_reads_cpuinfo(monkeypatch, tmp_path):
     import builtins
 
-    import runtime
+    from core import runtime
     real_open = builtins.open
     for flags, want in (('fpu avx512f avx512_bf16 sse', True), ('fpu amx_bf16 amx_tile', True), ('fpu avx2 sse', False)):
         info = tmp_path / 'cpuinfo'
@@ -108,7 +108,7 @@ def test_training_step_in_reduced_precision(precision, seeded_torch_home, one_th
     """train.train_step under autocast (fp16 with a GradScaler): finite losses close to fp32's on the
     same batch and weights, and the weights move (fp16: once the scaler's scale no longer makes the
     gradients overflow; it skips those steps)."""
-    from config import load_config
+    from core.config import load_config
     from modules.model import DiscriminatorFullModel, GeneratorFullModel, build_networks
     from train import make_optimizers, train_step
 

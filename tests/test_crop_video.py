@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import crop_video  # noqa: E402
-import face  # noqa: E402
+from analysis import face  # noqa: E402
 from conftest import box_inside, haar_ok  # noqa: E402
 from crop_video import main, plan_clips, track_faces  # noqa: E402
 

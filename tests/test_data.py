@@ -15,13 +15,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT / '..' / 'shared'
 sys.path.insert(0, str(ROOT))
 
-import video_io  # noqa: E402
-from augmentation import AllAugmentationTransform, ColorJitter  # noqa: E402
+from media import video_io  # noqa: E402
+from media.augmentation import AllAugmentationTransform, ColorJitter  # noqa: E402
 from damaged_media import cut_copy, noisy_copy  # noqa: E402
 from frames_dataset import (DatasetError, DatasetRepeater, DatasetWarning, FramesDataset,  # noqa: E402
                             PairedDataset, default_num_workers, read_video, worker_init_fn)
-from synthetic import make_video, write_dataset  # noqa: E402
-from video_io import write_video  # noqa: E402
+from media.synthetic import make_video, write_dataset  # noqa: E402
+from media.video_io import write_video  # noqa: E402
 
 VOX_AUG = {'flip_param': {'horizontal_flip': True, 'time_flip': True},
            'jitter_param': {'brightness': 0.1, 'contrast': 0.1, 'saturation': 0.1, 'hue': 0.1}}
@@ -280,7 +280,7 @@ def test_time_flip_and_uint8_and_list_inputs():
 
 def test_jitter_adjustments_by_hand():
     """Each adjustment on colours whose result is known: torchvision's formulas."""
-    from augmentation import adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation
+    from media.augmentation import adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation
     red = np.zeros((1, 2, 2, 3), np.float32)
     red[..., 0] = 1.0
     cyan = adjust_hue(red, 0.5)  # half a turn of hue: red -> cyan
@@ -457,16 +457,16 @@ def test_synthetic_deterministic_and_cli(tmp_path):
     assert np.abs(a[1:].astype(int) - a[:-1]).mean() > 0.5  # it moves
     assert np.abs(a[1:].astype(int) - a[:-1]).mean() < 20   # smoothly
     out = tmp_path / 'syn'
-    res = subprocess.run([sys.executable, str(ROOT / 'synthetic.py'), '--out', str(out), '--size', '32',
+    res = subprocess.run([sys.executable, '-m', 'media.synthetic', '--out', str(out), '--size', '32',
                           '--num_train', '2', '--num_test', '1', '--frames', '4', '--format', 'png'],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0, res.stderr
     assert sorted(p.name for p in (out / 'train').iterdir()) == ['shapes0000', 'shapes0001']
     ds = FramesDataset(out, frame_shape=SHAPE, is_train=False)
     np.testing.assert_array_equal(np.round(ds[0]['video'].transpose((1, 2, 3, 0)) * 255),
-                                  make_video(__import__('synthetic').video_seed(0, 'test', 0), 32, 4))
-    help_text = subprocess.run([sys.executable, str(ROOT / 'synthetic.py'), '--help'],
-                               capture_output=True, text=True).stdout
+                                  make_video(__import__('media.synthetic', fromlist=['video_seed']).video_seed(0, 'test', 0), 32, 4))
+    help_text = subprocess.run([sys.executable, '-m', 'media.synthetic', '--help'],
+                               capture_output=True, text=True, cwd=ROOT).stdout
     assert '(default: 64)' in help_text and '--videos_per_id' in help_text
 
 
@@ -498,7 +498,7 @@ def test_reconstruction_skips_damaged_videos_and_lists_them(tmp_path, capsys):
     import yaml
 
     import run
-    from inference import load_networks
+    from engine.torch_engine import load_networks
     test = tmp_path / 'data' / 'test'
     write_video(test / 'good.mp4', make_video(seed=40, size=64, num_frames=40), fps=25)
     cut_copy(test / 'good.mp4', test / 'cut.mp4')

@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT))
 
 import demo  # noqa: E402
 from baseline import per_frame_animation  # noqa: E402
-from inference import load_networks  # noqa: E402
+from engine.torch_engine import load_networks  # noqa: E402
 from test_inference import tiny_networks  # noqa: E402
 
 TINY = str(ROOT / 'tests' / 'tiny.yaml')
@@ -64,7 +64,7 @@ def args_for(files, out, *extra, source='rgba.png'):
 
 
 def test_demo_keeps_fps_frames_and_audio(files, tmp_path):
-    from video_io import probe_video
+    from media.video_io import probe_video
     out, preview = tmp_path / 'result.mp4', tmp_path / 'preview.mp4'
     assert demo.main(args_for(files, out, '--relative', '--adapt_scale', '--preview', str(preview))) == 0
     info = probe_video(out)
@@ -77,7 +77,7 @@ def test_demo_keeps_fps_frames_and_audio(files, tmp_path):
 
 
 def test_demo_audio_shorter_than_video_keeps_every_frame(files, tmp_path):
-    from video_io import probe_video
+    from media.video_io import probe_video
     out = tmp_path / 'result.mp4'
     args = args_for(files, out)
     args[args.index('--driving_video') + 1] = str(files / 'short-audio.mp4')
@@ -87,14 +87,14 @@ def test_demo_audio_shorter_than_video_keeps_every_frame(files, tmp_path):
 
 
 def frames_of(path):
-    from video_io import open_video
+    from media.video_io import open_video
     return list(open_video(path))
 
 
 def engine_output(files, source, fit_mode, initial_index=None, relative=False):
     """What demo.py must write: the engine fed the source and the driving frames fitted the same way."""
-    from images import fit
-    from inference import AnimationEngine
+    from media.images import fit
+    from engine.torch_engine import AnimationEngine
     engine = AnimationEngine.from_checkpoint(TINY, str(files / 'tiny.pth.tar'), device='cpu', precision='fp32',
                                              batch_size=4)
     driving = [fit(f, (64, 64), fit_mode) for f in frames_of(files / 'driving.mp4')]
@@ -107,7 +107,7 @@ def engine_output(files, source, fit_mode, initial_index=None, relative=False):
 def test_demo_sources_no_audio_and_crop_fit(files, tmp_path, source):
     """--fit crop and --best_frame checked on content: the frames (PNG, lossless) are the engine's
     output for the centre-cropped source and driving frames, relative to driving frame 3."""
-    from images import read_image
+    from media.images import read_image
     out, video = tmp_path / 'result.png', tmp_path / 'result.mp4'
     extra = ('--no_audio', '--fit', 'crop', '--best_frame', '3', '--relative', '--precision', 'fp32')
     assert demo.main(args_for(files, out, *extra, source=source)) == 0
@@ -122,7 +122,7 @@ def test_demo_sources_no_audio_and_crop_fit(files, tmp_path, source):
 
 
 def test_demo_png_gif_and_preview_content(files, tmp_path):
-    from images import read_image
+    from media.images import read_image
     out, preview, gif = tmp_path / 'frames.png', tmp_path / 'side.png', tmp_path / 'result.gif'
     assert demo.main(args_for(files, out, '--precision', 'fp32', '--preview', str(preview))) == 0
     assert out.is_dir() and len([f for f in os.listdir(out) if f.endswith('.png')]) == 14
@@ -130,7 +130,7 @@ def test_demo_png_gif_and_preview_content(files, tmp_path):
     expected, driving = engine_output(files, read_image(files / 'rgba.png'), 'resize')
     np.testing.assert_array_equal(result, expected)
     side = np.stack(frames_of(preview))  # source | driving | result, at the model's size
-    from images import fit
+    from media.images import fit
     assert side.shape == (14, 64, 3 * 64, 3)
     np.testing.assert_array_equal(side[:, :, :64], np.broadcast_to(fit(read_image(files / 'rgba.png'), (64, 64)),
                                                                     (14, 64, 64, 3)))
@@ -220,8 +220,8 @@ def test_crop_source_paste_back(files, tmp_path):
     """A face cut from a portrait, animated, pasted back: the crop's frames are the engine's output
     on the cropped face; pasted back, the video has the photo's size and every pixel outside the
     face square is the photo's (exactly in PNG frames, within codec error in mp4)."""
-    import face
-    from images import read_image
+    from analysis import face
+    from media.images import read_image
     photo = ROOT.parent / 'shared' / 'data' / 'sources' / 'photo-woman.jpg'
     if not photo.exists():
         pytest.skip('needs %s' % photo)

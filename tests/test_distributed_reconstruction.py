@@ -11,8 +11,8 @@ import yaml
 
 from conftest import ROOT
 from modules.model import build_networks
-from synthetic import write_dataset
-from video_io import open_video
+from media.synthetic import write_dataset
+from media.video_io import open_video
 
 
 @pytest.fixture(scope='module')

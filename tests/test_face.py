@@ -9,8 +9,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import face  # noqa: E402
-from face import (CropGeometry, FaceToolsError, akd, convex_hull_area, crop_face,  # noqa: E402
+from analysis import face  # noqa: E402
+from analysis.face import (CropGeometry, FaceToolsError, akd, convex_hull_area, crop_face,  # noqa: E402
                   feather_mask, find_best_frame, normalize_landmarks, paste_back, square_box)
 from conftest import box_inside, haar_ok  # noqa: E402
 

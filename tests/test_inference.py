@@ -10,8 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from baseline import per_frame_animation  # noqa: E402
-from images import fit as fit_image, to_float as to_float_image  # noqa: E402
-from inference import AnimationEngine, load_networks  # noqa: E402
+from media.images import fit as fit_image, to_float as to_float_image  # noqa: E402
+from engine.torch_engine import AnimationEngine, load_networks  # noqa: E402
 from modules.fused import cast_conv_weights, fuse_for_inference  # noqa: E402
 from modules.util import AntiAliasInterpolation2d  # noqa: E402
 

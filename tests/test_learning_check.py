@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from synthetic import write_dataset
-from video_io import iter_video_frames
+from media.synthetic import write_dataset
+from media.video_io import iter_video_frames
 
 sys.path.insert(0, str(ROOT / 'bench'))
 import learning_check  # noqa: E402

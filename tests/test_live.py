@@ -14,9 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import live  # noqa: E402
-from images import fit, read_image  # noqa: E402
-from inference import AnimationEngine  # noqa: E402
-from video_io import VideoWriter, open_video, probe_video  # noqa: E402
+from media.images import fit, read_image  # noqa: E402
+from engine.torch_engine import AnimationEngine  # noqa: E402
+from media.video_io import VideoWriter, open_video, probe_video  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 

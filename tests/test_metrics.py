@@ -11,9 +11,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import metrics  # noqa: E402
+from analysis import metrics  # noqa: E402
 from baseline import per_frame_animation  # noqa: E402
-from inference import load_networks  # noqa: E402
+from engine.torch_engine import load_networks  # noqa: E402
 
 TINY = str(ROOT / 'tests' / 'tiny.yaml')
 
@@ -119,7 +119,7 @@ def test_reconstruct_video_pairs_each_prediction_with_its_frame():
 @pytest.fixture(scope='module')
 def tiny_data(tmp_path_factory):
     """Two 64x64 test videos (mp4) and one frame folder, under <root>/test."""
-    from video_io import write_video
+    from media.video_io import write_video
     root = tmp_path_factory.mktemp('data')
     rng = np.random.default_rng(0)
     y, x = np.mgrid[0:64, 0:64] / 64.0
@@ -146,7 +146,7 @@ def tiny_nets():
 def test_reconstruction_end_to_end(tmp_path, tiny_data, tiny_nets):
     from frames_dataset import FramesDataset
     from reconstruction import reconstruction
-    from video_io import iter_video_frames, probe_video
+    from media.video_io import iter_video_frames, probe_video
     generator, kp_detector, config = tiny_nets
     dataset = FramesDataset(root_dir=str(tiny_data), frame_shape=(64, 64, 3), is_train=False)
     report = reconstruction(config, generator, kp_detector, None, str(tmp_path), dataset, device='cpu',
@@ -168,7 +168,7 @@ def test_reconstruction_end_to_end(tmp_path, tiny_data, tiny_nets):
 def test_animate_end_to_end(tmp_path, tiny_data, tiny_nets):
     from animate import animate
     from frames_dataset import FramesDataset, PairedDataset
-    from video_io import probe_video
+    from media.video_io import probe_video
     generator, kp_detector, config = tiny_nets
     dataset = PairedDataset(FramesDataset(root_dir=str(tiny_data), frame_shape=(64, 64, 3), is_train=False),
                             number_of_pairs=2)

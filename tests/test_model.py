@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import ROOT, shared_path
-from config import ConfigError, load_config
-from checkpoint import CheckpointError, read_checkpoint, save_atomic
+from core.config import ConfigError, load_config
+from core.checkpoint import CheckpointError, read_checkpoint, save_atomic
 from logger import Logger
 from modules.model import DiscriminatorFullModel, GeneratorFullModel, Transform, build_networks
 from modules.util import make_coordinate_grid

@@ -1,4 +1,4 @@
-"""ONNX export (export.py) and the torch-free runtime (onnx_engine.py) against the torch engine."""
+"""ONNX export (export.py) and the torch-free runtime (engine/onnx_engine.py) against the torch engine."""
 import json
 import os
 import shutil
@@ -14,10 +14,10 @@ pytest.importorskip('onnxruntime', reason='needs onnxruntime (pip install -r req
 
 import export  # noqa: E402
 from conftest import ROOT  # noqa: E402
-from config import load_config  # noqa: E402
-from inference import AnimationEngine, load_networks  # noqa: E402
-from onnx_engine import MANIFEST, ExportError, OnnxEngine, sha256  # noqa: E402
-from outputs import is_ours  # noqa: E402
+from core.config import load_config  # noqa: E402
+from engine.torch_engine import AnimationEngine, load_networks  # noqa: E402
+from engine.onnx_engine import MANIFEST, ExportError, OnnxEngine, sha256  # noqa: E402
+from media.outputs import is_ours  # noqa: E402
 from test_inference import moving_frames, tiny_networks  # noqa: E402
 from test_model import PUBLISHED  # noqa: E402
 
@@ -137,7 +137,7 @@ def test_fp16_export(tiny, tmp_path):
 
 def test_runtime_never_imports_torch(tiny):
     folder, _ = tiny
-    code = ('import sys; sys.path.insert(0, %r); import numpy as np; from onnx_engine import OnnxEngine; '
+    code = ('import sys; sys.path.insert(0, %r); import numpy as np; from engine.onnx_engine import OnnxEngine; '
             'e = OnnxEngine.from_export(%r, threads=1); e.set_source(np.zeros((64, 64, 3), np.uint8)); '
             'n = len(list(e.animate([np.full((64, 64, 3), 99, np.uint8)] * 5, adapt_scale=True))); '
             'print(n, "torch" in sys.modules)' % (str(ROOT), str(folder)))
@@ -238,7 +238,7 @@ def test_export_beyond_tolerance_writes_nothing(tmp_path):
 def media(tmp_path_factory):
     import cv2
 
-    from video_io import write_video
+    from media.video_io import write_video
     folder = tmp_path_factory.mktemp('media')
     source, frames = inputs_for('shapes')
     cv2.imwrite(str(folder / 'source.png'), source[:, :, ::-1])
@@ -253,7 +253,7 @@ def demo_args(media, out, *extra):
 
 def test_demo_onnx_backend_without_torch(shapes, media, tmp_path):
     """demo.py --backend onnx gives the torch backend's frames, in a process where torch cannot load."""
-    from video_io import read_frames
+    from media.video_io import read_frames
     folder, _ = shapes
     code = ('import sys; sys.modules["torch"] = None; sys.path.insert(0, %r); import demo; '
             'sys.exit(demo.main(sys.argv[1:]))' % str(ROOT))

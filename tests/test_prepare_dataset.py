@@ -10,14 +10,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import video_io  # noqa: E402
+from media import video_io  # noqa: E402
 from damaged_media import cut_copy, noisy_copy  # noqa: E402
 from frames_dataset import FramesDataset  # noqa: E402
-from images import resize  # noqa: E402
-from outputs import OutputError  # noqa: E402
+from media.images import resize  # noqa: E402
+from media.outputs import OutputError  # noqa: E402
 from prepare_dataset import MANIFEST, Settings, main, prepare  # noqa: E402
-from synthetic import make_video  # noqa: E402
-from video_io import open_video, write_video  # noqa: E402
+from media.synthetic import make_video  # noqa: E402
+from media.video_io import open_video, write_video  # noqa: E402
 
 MP4_TOL = 8 / 255  # mean abs error allowed for libx264 at crf 18 on small textured frames
 

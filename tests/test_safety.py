@@ -12,8 +12,8 @@ import torch
 import yaml
 
 from conftest import ROOT
-from synthetic import write_dataset
-from video_io import write_video
+from media.synthetic import write_dataset
+from media.video_io import write_video
 
 TINY = ROOT / 'tests' / 'tiny.yaml'
 pytestmark = [pytest.mark.usefixtures('one_thread'), pytest.mark.timeout(300)]
@@ -34,7 +34,7 @@ def digest(path) -> str:
 @pytest.fixture(scope='module')
 def inputs(tmp_path_factory):
     """A tiny checkpoint (with its config), a source image, a driving video, a driving frame folder."""
-    from inference import load_networks
+    from engine.torch_engine import load_networks
     folder = tmp_path_factory.mktemp('inputs')
     torch.manual_seed(0)
     generator, kp_detector, config = load_networks(str(TINY), None)
@@ -103,7 +103,7 @@ def test_a_file_this_tool_did_not_write_needs_overwrite(inputs, tmp_path):
     assert demo(inputs, '--overwrite', result=result)[0] == 0
     first = digest(result)
     assert demo(inputs, result=result)[0] == 0  # ours now: replaced without --overwrite
-    from outputs import is_ours
+    from media.outputs import is_ours
     assert is_ours(str(result)) and first
     frames = tmp_path / 'frames.png'
     assert demo(inputs, result=frames)[0] == 0 and demo(inputs, result=frames)[0] == 0  # our frames folder
@@ -142,7 +142,7 @@ def test_truncated_and_corrupt_images_and_a_text_file_are_refused(inputs, tmp_pa
 def test_a_damaged_driving_video_is_refused_or_used_with_one_line_warnings(inputs, tmp_path):
     sys.path.insert(0, str(ROOT / 'tests'))
     from damaged_media import cut_copy
-    from synthetic import make_video
+    from media.synthetic import make_video
     write_video(tmp_path / 'good.mp4', make_video(3, 64, 40), fps=10)
     cut_copy(tmp_path / 'good.mp4', tmp_path / 'cut.mp4', keep=0.6)
     status, lines = demo(inputs, result=tmp_path / 'r.mp4', driving=tmp_path / 'cut.mp4')
@@ -157,7 +157,7 @@ def test_a_damaged_driving_video_is_refused_or_used_with_one_line_warnings(input
 
 
 def test_pixel_limit(tmp_path, monkeypatch):
-    from images import MediaError, read_image
+    from media.images import MediaError, read_image
     import cv2
     cv2.imwrite(str(tmp_path / 'big.png'), np.zeros((300, 400, 3), np.uint8))
     assert read_image(tmp_path / 'big.png').shape == (300, 400, 3)
@@ -169,7 +169,7 @@ def test_pixel_limit(tmp_path, monkeypatch):
 
 
 def test_checkpoint_messages_tell_the_damage_apart(tmp_path, inputs):
-    from checkpoint import CheckpointError, read_checkpoint
+    from core.checkpoint import CheckpointError, read_checkpoint
     (tmp_path / 'random.pth').write_bytes(np.random.default_rng(0).integers(0, 256, 5000, np.uint8).tobytes())
     (tmp_path / 'empty.pth').write_bytes(b'')
     data = (inputs / 'tiny.pth.tar').read_bytes()
@@ -208,7 +208,7 @@ def write_config(tmp_path, edit, name='cfg.yaml') -> str:
     ('dataset_params', 'root_dir', None, 'root_dir is missing'),
 ])
 def test_out_of_range_values_name_file_key_and_value(tmp_path, section, key, value, words):
-    from config import ConfigError, load_config
+    from core.config import ConfigError, load_config
     path = write_config(tmp_path, lambda c: c[section].__setitem__(key, value))
     with pytest.raises(ConfigError) as err:
         load_config(path, mode='train')
@@ -216,7 +216,7 @@ def test_out_of_range_values_name_file_key_and_value(tmp_path, section, key, val
 
 
 def test_inference_checks_only_what_inference_uses_and_names_the_smallest_frame(tmp_path):
-    from config import ConfigError, load_config
+    from core.config import ConfigError, load_config
     small_scales = write_config(tmp_path, lambda c: c['train_params'].__setitem__('scales', [1, 0.125]))
     load_config(small_scales)  # demo.py: a training-only value does not matter
     with pytest.raises(ConfigError, match='16 px'):
@@ -246,7 +246,7 @@ def run_py(*args):
 def test_start_up_failures_leave_no_run_folder(tmp_path, shapes, inputs, seeded_torch_home, capsys):
     cfg = write_config(tmp_path, lambda c: c['dataset_params'].__setitem__('root_dir', str(shapes)))
     other = write_config(tmp_path, lambda c: c['model_params']['common_params'].__setitem__('num_kp', 5), 'five.yaml')
-    from inference import load_networks
+    from engine.torch_engine import load_networks
     g, k, _ = load_networks(other, None)
     torch.save({'generator': g.state_dict(), 'kp_detector': k.state_dict()}, tmp_path / 'five.pth.tar')
     (tmp_path / 'junk.pth.tar').write_bytes(b'junk')

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from config import load_config
+from core.config import load_config
 from modules.model import GeneratorFullModel, build_networks
 from modules.util import coordinate_grid, make_coordinate_grid
 from train import (StepOptions, keep_fused, make_optimizers, place_networks, prepare_step, step_options, to_device,

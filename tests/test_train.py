@@ -11,9 +11,9 @@ import torch
 import yaml
 
 from conftest import ROOT
-from checkpoint import read_checkpoint
-from config import load_config
-from synthetic import write_dataset
+from core.checkpoint import read_checkpoint
+from core.config import load_config
+from media.synthetic import write_dataset
 
 
 @pytest.fixture(scope='module')

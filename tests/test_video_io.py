@@ -9,10 +9,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import video_io  # noqa: E402
+from media import video_io  # noqa: E402
 from damaged_media import cut_copy, noisy_copy  # noqa: E402
-from synthetic import make_video  # noqa: E402
-from video_io import (MediaError, VideoWriter, copy_audio, ffmpeg_exe, has_audio,  # noqa: E402
+from media.synthetic import make_video  # noqa: E402
+from media.video_io import (MediaError, VideoWriter, copy_audio, ffmpeg_exe, has_audio,  # noqa: E402
                       iter_video_frames, open_video, probe_video, read_frames, read_image,
                       write_video)
 

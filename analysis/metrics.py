@@ -16,8 +16,8 @@ from typing import Callable, Dict, Iterable, List, Optional
 
 import numpy as np
 
-from images import to_float
-from outputs import MARK, temp_path
+from media.images import to_float
+from media.outputs import MARK, temp_path
 
 PSNR_CAP_DB = 100.0
 FIELDS = ('l1', 'psnr', 'ssim')
@@ -190,7 +190,7 @@ class AKDMetric:
         self.missing = 0
 
     def add(self, real: np.ndarray, generated: np.ndarray) -> None:
-        import face
+        from analysis import face
 
         r = face.akd([real], [generated], self.landmarker)
         self.with_face += r.frames - r.real_missing
@@ -205,9 +205,9 @@ class AKDMetric:
 
 def akd_metric(device: Optional[str] = None) -> Optional[AKDMetric]:
     """An AKDMetric when face-alignment and its weights are available here, else None (AKD is
-    then left out of the report; see face.py for where the weights go)."""
+    then left out of the report; see analysis/face.py for where the weights go)."""
     try:
-        import face
+        from analysis import face
         landmarker = face.FaceLandmarker(device=device, allow_download=False)
     except Exception:  # package or weights missing: AKD is optional
         return None

@@ -21,13 +21,13 @@ from typing import Dict, Iterable, Iterator, Optional, Union
 import numpy as np
 import torch
 
-from checkpoint import CheckpointError, checkpoint_config, load_checkpoint, read_checkpoint
-from config import Config, config_from_dict, load_config
-from engine_api import animate_outputs
-from images import to_float
+from core.checkpoint import CheckpointError, checkpoint_config, load_checkpoint, read_checkpoint
+from core.config import Config, config_from_dict, load_config
+from engine.api import animate_outputs
+from media.images import to_float
 from modules.fused import cast_conv_weights, fuse_for_inference, shallow_clone
 from modules.keypoints import normalize_kp
-from runtime import autocast, autocast_dtype, resolve_device, resolve_precision
+from core.runtime import autocast, autocast_dtype, resolve_device, resolve_precision
 
 Frame = Union[np.ndarray, torch.Tensor]
 KP = Dict[str, torch.Tensor]

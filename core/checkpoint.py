@@ -12,7 +12,7 @@ always read with `weights_only=True`, so a pickle carrying code is refused, neve
     load_state(module, state, name, path)   shape-checked load (names the first mismatch);
                                         `assign=True` adopts the file's tensors (meta-built nets)
     save_atomic(obj, path)           temp file in the same folder + fsync + rename
-    slim(src, dst, half)             an inference-only copy (`python checkpoint.py SRC DST --half`)
+    slim(src, dst, half)             an inference-only copy (`python -m core.checkpoint SRC DST --half`)
 """
 import os
 import pickle
@@ -22,8 +22,8 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from outputs import temp_path
-from runtime import unwrap
+from media.outputs import temp_path
+from core.runtime import unwrap
 
 FORMAT_VERSION = 1
 MODEL_KEYS = ('generator', 'kp_detector', 'discriminator')

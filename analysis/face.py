@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from images import resize, to_float, to_uint8
+from media.images import resize, to_float, to_uint8
 from modules.keypoints import convex_hull_area
 
 Landmarks = np.ndarray  # (68, 2) float, x/y in pixels
@@ -232,7 +232,7 @@ class HaarFaceDetector:
 
 
 def _default_device() -> str:
-    from runtime import resolve_device  # torch only where a network runs
+    from core.runtime import resolve_device  # torch only where a network runs
     return str(resolve_device(None))
 
 

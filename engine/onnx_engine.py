@@ -31,8 +31,8 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from engine_api import animate_outputs
-from images import float_to_uint8, to_float
+from engine.api import animate_outputs
+from media.images import float_to_uint8, to_float
 from modules.keypoints import normalize_kp
 
 MANIFEST = 'manifest.json'
@@ -180,7 +180,7 @@ class OnnxEngine:
         self.kp_reference: Optional[KP] = None  # the driving frame relative motion starts from (live use)
         self.config = None
         if isinstance(manifest.get('config'), dict):
-            from config import config_from_dict
+            from core.config import config_from_dict
             self.config = config_from_dict(manifest['config'], os.path.join(folder, MANIFEST))
 
     @classmethod

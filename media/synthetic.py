@@ -6,7 +6,7 @@ scale and wobble a little (non-rigid outline), over a fixed background of soft c
 fine texture. Everything is a deterministic function of the seed. The motion is smooth and the
 background static, so a keypoint model can learn it in few steps at 64x64.
 
-    python synthetic.py --out data/shapes --size 64 --num_train 40 --num_test 8 --frames 32
+    python -m media.synthetic --out data/shapes --size 64 --num_train 40 --num_test 8 --frames 32
 
 writes data/shapes/train/*.mp4 and data/shapes/test/*.mp4 (or folders of PNG frames with
 --format png), a layout FramesDataset reads directly.
@@ -144,7 +144,7 @@ def write_dataset(out, size: int = 64, num_train: int = 40, num_test: int = 8, f
     """Write <out>/train and <out>/test: .mp4 / .gif files, or folders of PNG frames (fmt 'png').
 
     Each file is written under a temporary name and renamed when complete. Returns `out`."""
-    from video_io import VideoWriter
+    from media.video_io import VideoWriter
     fmt = fmt.lower().lstrip('.')
     if fmt not in ('mp4', 'png', 'gif'):
         raise ValueError("write_dataset: fmt must be 'mp4', 'png' or 'gif', got %r" % fmt)
@@ -171,7 +171,7 @@ def write_demo_assets(out, size: int = 64, frames: int = 64, fps: float = 25.0) 
     its keypoints on other shapes than the driving frame does.) Returns (source_path, driving_path)."""
     import imageio.v2 as imageio
 
-    from video_io import VideoWriter
+    from media.video_io import VideoWriter
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     video = make_video(DEMO_SEED, size, frames)

@@ -39,8 +39,8 @@ from typing import Iterable, Iterator, Optional, Sequence, Union
 import cv2
 import numpy as np
 
-from images import IMAGE_EXTENSIONS, MediaError, image_size, one_line, read_image, resize, to_uint8
-from outputs import FRAMES_MARKER, MARK, commit, temp_path
+from media.images import IMAGE_EXTENSIONS, MediaError, image_size, one_line, read_image, resize, to_uint8
+from media.outputs import FRAMES_MARKER, MARK, commit, temp_path
 
 PathLike = Union[str, os.PathLike]
 

@@ -58,4 +58,4 @@ def _ours(category) -> bool:
     return path is not None and os.path.dirname(os.path.abspath(path)).startswith(_ROOT)
 
 
-_ROOT = os.path.dirname(os.path.abspath(__file__))
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository, above core/

@@ -19,7 +19,7 @@ from typing import Any, Optional, Sequence
 import cv2
 import numpy as np
 
-from images import float_to_uint8, frames_to_float
+from media.images import float_to_uint8, frames_to_float
 
 _GRAY = (0.2989, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
 
