@@ -181,14 +181,23 @@ _EXIF_ORIENTATION = 0x0112
 
 
 def _orient(a: np.ndarray, orientation: int) -> np.ndarray:
-    """Apply an EXIF orientation (1-8) to an (H, W, C) array, as cameras mean it."""
-    if orientation in (2, 4, 5, 7):
+    """Apply an EXIF orientation (1-8) to an (H, W, C) array, as cameras mean it: the stored
+    picture is mirrored (2), turned 180 degrees (3), flipped upside down (4), transposed (5),
+    turned 90 degrees clockwise to be seen upright (6), anti-transposed (7), or turned 90 degrees
+    anticlockwise (8)."""
+    if orientation == 2:
         a = a[:, ::-1]
-    if orientation in (3, 4):
+    elif orientation == 3:
         a = a[::-1, ::-1]
-    elif orientation in (5, 6):
+    elif orientation == 4:
+        a = a[::-1]
+    elif orientation == 5:
+        a = np.swapaxes(a, 0, 1)
+    elif orientation == 6:
         a = np.rot90(a, -1)
-    elif orientation in (7, 8):
+    elif orientation == 7:
+        a = np.swapaxes(a[::-1, ::-1], 0, 1)
+    elif orientation == 8:
         a = np.rot90(a, 1)
     return np.ascontiguousarray(a)
 
@@ -214,7 +223,8 @@ def _decode_jpeg(path: str) -> np.ndarray:
         saved = os.dup(2)
         os.dup2(captured.fileno(), 2)
         try:
-            bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+            # OpenCV would apply the EXIF orientation itself; read_image applies it once, for every format
+            bgr = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
         finally:
             os.dup2(saved, 2)
             os.close(saved)
@@ -247,11 +257,14 @@ def read_image(path, limit: int = None) -> np.ndarray:
     try:
         with Image.open(path) as im:
             check_pixels(im.height, im.width, path, limit)
-            orientation = im.getexif().get(_EXIF_ORIENTATION, 1) if hasattr(im, 'getexif') else 1
             if im.format == 'JPEG':
-                a = _decode_jpeg(path)
+                orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+                a = _decode_jpeg(path)  # without OpenCV's own orientation handling
             else:
                 im.load()  # decodes everything: truncation and corrupt data raise here
+                # read after decoding: a PNG's eXIf chunk may follow its pixels, and Pillow's TIFF
+                # loader applies the orientation itself and drops the tag
+                orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
                 if im.mode in ('P', 'PA', 'CMYK', 'YCbCr', 'LAB', 'HSV', '1'):
                     im = im.convert('RGBA' if im.mode in ('P', 'PA') else 'RGB')
                 a = np.asarray(im)
