@@ -1,4 +1,8 @@
-"""Shared test helpers: the ../shared folder (skip cleanly when absent), tiny configs, seeded VGG."""
+"""Shared test helpers: the ../shared folder (skip cleanly when absent), tiny configs, seeded VGG.
+
+Where the CI environment variable is set, no test skips silently: a skip (a missing package,
+browser, shared folder or build) fails instead, naming what was missing; only tests marked
+`allow_skip_in_ci` (hardware the CI machine does not have, such as CUDA) may skip there."""
 import os
 import sys
 from pathlib import Path
@@ -24,6 +28,29 @@ def shared_path(*parts) -> Path:
             pytest.fail(reason + ' (CI is set: the shared folder must be present)')
         pytest.skip(reason)
     return p
+
+
+def _no_skips_in_ci(report, item=None) -> None:
+    """Under CI, turn a skip into a failure that says why it would have skipped."""
+    if not os.environ.get('CI') or not report.skipped or hasattr(report, 'wasxfail'):
+        return
+    if item is not None and item.get_closest_marker('allow_skip_in_ci') is not None:
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    report.outcome = 'failed'
+    report.longrepr = 'skipped under CI=1 (a CI run must exercise every test): %s' % reason
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _no_skips_in_ci(outcome.get_result(), item)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield  # a module-level importorskip skips the whole file at collection
+    _no_skips_in_ci(outcome.get_result())
 
 
 @pytest.fixture
