@@ -19,6 +19,32 @@ class ConfigError(ValueError):
     """A config file that does not fit the schema; the message names the file and the key."""
 
 
+# ------------------------------------------------------------------------------ value ranges
+# A number's allowed range, in the field's metadata: checked for the value (each item of a list)
+# as the config is read, before any network is built; the message names file, key, value, range.
+def allowed(low=None, high=None, low_open: bool = False, high_open: bool = False) -> dict:
+    return {'range': (low, high, low_open, high_open)}
+
+
+AT_LEAST_0 = allowed(0)
+AT_LEAST_1 = allowed(1)
+POSITIVE = allowed(0, low_open=True)
+FRACTION = allowed(0, 1, low_open=True)  # (0, 1]: scale factors, pyramid scales
+RATE = allowed(0, 1, high_open=True)  # [0, 1): learning rates (0 freezes a network: taichi-adv-256 fine-tunes with lr_kp_detector 0)
+
+
+def describe_range(low, high, low_open, high_open) -> str:
+    if high is None:
+        return 'must be %s %g' % ('>' if low_open else 'at least', low)
+    return 'must be in %s%g, %g%s' % ('(' if low_open else '[', low, high, ')' if high_open else ']')
+
+
+def in_range(value, low, high, low_open, high_open) -> bool:
+    if low is not None and (value <= low if low_open else value < low):
+        return False
+    return high is None or (value < high if high_open else value <= high)
+
+
 # ---------------------------------------------------------------------------------- dataset
 @dataclass
 class FlipParams:
@@ -28,25 +54,25 @@ class FlipParams:
 
 @dataclass
 class JitterParams:
-    brightness: float = 0.0
-    contrast: float = 0.0
-    saturation: float = 0.0
-    hue: float = 0.0
+    brightness: float = field(default=0.0, metadata=AT_LEAST_0)
+    contrast: float = field(default=0.0, metadata=AT_LEAST_0)
+    saturation: float = field(default=0.0, metadata=AT_LEAST_0)
+    hue: float = field(default=0.0, metadata=allowed(0, 0.5))
 
 
 @dataclass
 class CropParams:
-    size: List[int] = field(default_factory=lambda: [256, 256])
+    size: List[int] = field(default_factory=lambda: [256, 256], metadata=AT_LEAST_1)
 
 
 @dataclass
 class ResizeParams:
-    ratio: List[float] = field(default_factory=lambda: [0.9, 1.1])
+    ratio: List[float] = field(default_factory=lambda: [0.9, 1.1], metadata=POSITIVE)
 
 
 @dataclass
 class RotationParams:
-    degrees: float = 0.0
+    degrees: float = field(default=0.0, metadata=allowed(0, 180))
 
 
 @dataclass
@@ -61,61 +87,61 @@ class AugmentationParams:
 @dataclass
 class DatasetParams:
     root_dir: Optional[str] = None
-    frame_shape: List[int] = field(default_factory=lambda: [256, 256, 3])
+    frame_shape: List[int] = field(default_factory=lambda: [256, 256, 3], metadata=AT_LEAST_1)
     id_sampling: bool = False
     pairs_list: Optional[str] = None
     augmentation_params: Optional[AugmentationParams] = None
     # this project's addition: per-process budget (MB) for decoded training frames kept in memory
-    cache_mb: float = 256
+    cache_mb: float = field(default=256, metadata=AT_LEAST_0)
 
 
 # ------------------------------------------------------------------------------------ model
 @dataclass
 class CommonParams:
-    num_kp: int
-    num_channels: int = 3
+    num_kp: int = field(metadata=AT_LEAST_1)
+    num_channels: int = field(default=3, metadata=AT_LEAST_1)
     estimate_jacobian: bool = False
 
 
 @dataclass
 class KPDetectorParams:
-    temperature: float
-    block_expansion: int
-    max_features: int
-    num_blocks: int
-    scale_factor: float = 1
+    temperature: float = field(metadata=POSITIVE)
+    block_expansion: int = field(metadata=AT_LEAST_1)
+    max_features: int = field(metadata=AT_LEAST_1)
+    num_blocks: int = field(metadata=AT_LEAST_1)
+    scale_factor: float = field(default=1, metadata=FRACTION)
     single_jacobian_map: bool = False
-    pad: int = 0
+    pad: int = field(default=0, metadata=AT_LEAST_0)
 
 
 @dataclass
 class DenseMotionParams:
-    block_expansion: int
-    max_features: int
-    num_blocks: int
-    scale_factor: float = 1
-    kp_variance: float = 0.01
+    block_expansion: int = field(metadata=AT_LEAST_1)
+    max_features: int = field(metadata=AT_LEAST_1)
+    num_blocks: int = field(metadata=AT_LEAST_1)
+    scale_factor: float = field(default=1, metadata=FRACTION)
+    kp_variance: float = field(default=0.01, metadata=POSITIVE)
 
 
 @dataclass
 class GeneratorParams:
-    block_expansion: int
-    max_features: int
-    num_down_blocks: int
-    num_bottleneck_blocks: int
+    block_expansion: int = field(metadata=AT_LEAST_1)
+    max_features: int = field(metadata=AT_LEAST_1)
+    num_down_blocks: int = field(metadata=AT_LEAST_1)
+    num_bottleneck_blocks: int = field(metadata=AT_LEAST_0)
     estimate_occlusion_map: bool = False
     dense_motion_params: Optional[DenseMotionParams] = None
 
 
 @dataclass
 class DiscriminatorParams:
-    scales: List[float] = field(default_factory=lambda: [1])
-    block_expansion: int = 32
-    max_features: int = 512
-    num_blocks: int = 4
+    scales: List[float] = field(default_factory=lambda: [1], metadata=FRACTION)
+    block_expansion: int = field(default=32, metadata=AT_LEAST_1)
+    max_features: int = field(default=512, metadata=AT_LEAST_1)
+    num_blocks: int = field(default=4, metadata=AT_LEAST_1)
     sn: bool = False
     use_kp: bool = False
-    kp_variance: float = 0.01
+    kp_variance: float = field(default=0.01, metadata=POSITIVE)
 
 
 @dataclass
@@ -129,43 +155,43 @@ class ModelParams:
 # ------------------------------------------------------------------------------------ train
 @dataclass
 class TransformParams:
-    sigma_affine: float = 0.05
-    sigma_tps: float = 0.005
-    points_tps: int = 5
+    sigma_affine: float = field(default=0.05, metadata=AT_LEAST_0)
+    sigma_tps: float = field(default=0.005, metadata=AT_LEAST_0)
+    points_tps: int = field(default=5, metadata=AT_LEAST_1)
 
 
 @dataclass
 class LossWeights:
-    generator_gan: float = 0
-    discriminator_gan: float = 1
-    feature_matching: List[float] = field(default_factory=lambda: [10, 10, 10, 10])
-    perceptual: List[float] = field(default_factory=lambda: [10, 10, 10, 10, 10])
-    equivariance_value: float = 10
-    equivariance_jacobian: float = 10
+    generator_gan: float = field(default=0, metadata=AT_LEAST_0)
+    discriminator_gan: float = field(default=1, metadata=AT_LEAST_0)
+    feature_matching: List[float] = field(default_factory=lambda: [10, 10, 10, 10], metadata=AT_LEAST_0)
+    perceptual: List[float] = field(default_factory=lambda: [10, 10, 10, 10, 10], metadata=AT_LEAST_0)
+    equivariance_value: float = field(default=10, metadata=AT_LEAST_0)
+    equivariance_jacobian: float = field(default=10, metadata=AT_LEAST_0)
 
 
 @dataclass
 class TrainParams:
-    num_epochs: int = 100
-    num_repeats: int = 1
-    epoch_milestones: List[int] = field(default_factory=list)
-    lr_generator: float = 2e-4
-    lr_discriminator: float = 2e-4
-    lr_kp_detector: float = 2e-4
-    batch_size: int = 1
-    scales: List[float] = field(default_factory=lambda: [1, 0.5, 0.25, 0.125])
-    checkpoint_freq: int = 50
+    num_epochs: int = field(default=100, metadata=AT_LEAST_1)
+    num_repeats: int = field(default=1, metadata=AT_LEAST_1)
+    epoch_milestones: List[int] = field(default_factory=list, metadata=AT_LEAST_0)
+    lr_generator: float = field(default=2e-4, metadata=RATE)
+    lr_discriminator: float = field(default=2e-4, metadata=RATE)
+    lr_kp_detector: float = field(default=2e-4, metadata=RATE)
+    batch_size: int = field(default=1, metadata=AT_LEAST_1)
+    scales: List[float] = field(default_factory=lambda: [1, 0.5, 0.25, 0.125], metadata=FRACTION)
+    checkpoint_freq: int = field(default=50, metadata=AT_LEAST_1)
     transform_params: TransformParams = field(default_factory=TransformParams)
     loss_weights: LossWeights = field(default_factory=LossWeights)
     # this project's additions (absent from the published configs)
     vgg_weights: str = 'imagenet'  # 'imagenet', 'seeded' / 'seeded:<seed>' (fixed random), or a .pth path
-    num_workers: Optional[int] = None  # DataLoader workers; None: chosen from the machine
+    num_workers: Optional[int] = field(default=None, metadata=AT_LEAST_0)  # DataLoader workers; None: chosen from the machine
 
 
 # -------------------------------------------------------------------------------- inference
 @dataclass
 class ReconstructionParams:
-    num_videos: Optional[int] = 1000
+    num_videos: Optional[int] = field(default=1000, metadata=AT_LEAST_1)
     format: str = '.mp4'
 
 
@@ -178,14 +204,14 @@ class NormalizationParams:
 
 @dataclass
 class AnimateParams:
-    num_pairs: int = 50
+    num_pairs: int = field(default=50, metadata=AT_LEAST_1)
     format: str = '.mp4'
     normalization_params: NormalizationParams = field(default_factory=NormalizationParams)
 
 
 @dataclass
 class VisualizerParams:
-    kp_size: int = 5
+    kp_size: int = field(default=5, metadata=AT_LEAST_1)
     draw_border: bool = True
     colormap: str = 'gist_rainbow'
 
@@ -226,18 +252,11 @@ def check_frame_shape(config: Config, source: str) -> None:
 
 
 def check_training(config: Config, source: str) -> None:
-    """Training values in range, and the perceptual loss's pyramid fits VGG19."""
+    """Training values that the per-key ranges cannot express: the pyramid fits VGG19, and the
+    loss weights fit the networks."""
     tp = config.train_params
-    for key in ('num_epochs', 'num_repeats', 'batch_size', 'checkpoint_freq'):
-        if getattr(tp, key) < 1:
-            _fail(source, 'train_params.' + key, getattr(tp, key), 'must be at least 1')
-    for key in ('lr_generator', 'lr_discriminator', 'lr_kp_detector'):
-        if not 0 <= getattr(tp, key) < 1:
-            _fail(source, 'train_params.' + key, getattr(tp, key), 'is not a learning rate in [0, 1)')
-    if any(m < 0 for m in tp.epoch_milestones):
-        _fail(source, 'train_params.epoch_milestones', tp.epoch_milestones, 'must not be negative')
-    if not tp.scales or any(not 0 < s <= 1 for s in tp.scales):
-        _fail(source, 'train_params.scales', tp.scales, 'must be pyramid scales in (0, 1]')
+    if not tp.scales:
+        _fail(source, 'train_params.scales', tp.scales, 'must list at least one pyramid scale')
     h, w = config.dataset_params.frame_shape[:2]
     if sum(tp.loss_weights.perceptual) != 0:
         for s in tp.scales:
@@ -358,8 +377,19 @@ def _build(cls, data, prefix: str, source: str):
         if sub is not None and not (value is None and typing.get_origin(hints[f.name]) is typing.Union):
             kwargs[f.name] = _build(sub, value, key + '.', source)
         else:
-            kwargs[f.name] = _check_scalar(value, hints[f.name], key, source)
+            kwargs[f.name] = _check_range(_check_scalar(value, hints[f.name], key, source), f, key, source)
     return cls(**kwargs)
+
+
+def _check_range(value, f: dataclasses.Field, key: str, source: str):
+    """The value (each item of a list) within the field's allowed range, if it has one."""
+    bounds = f.metadata.get('range')
+    if bounds is None or value is None:
+        return value
+    for item in (value if isinstance(value, list) else [value]):
+        if not in_range(item, *bounds):
+            raise ConfigError('%s: %s: %r %s' % (source, key, value, describe_range(*bounds)))
+    return value
 
 
 def config_from_dict(data: Dict[str, Any], source: str = '<config>', mode: Optional[str] = None) -> Config:

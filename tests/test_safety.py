@@ -203,16 +203,49 @@ def write_config(tmp_path, edit, name='cfg.yaml') -> str:
     ('train_params', 'num_epochs', -3, 'num_epochs: -3 must be at least 1'),
     ('train_params', 'batch_size', -2, 'batch_size: -2 must be at least 1'),
     ('train_params', 'num_repeats', 0, 'num_repeats: 0'),
-    ('train_params', 'lr_generator', -1e-4, 'lr_generator'),
+    ('train_params', 'lr_generator', -1e-4, 'train_params.lr_generator: -0.0001 must be in [0, 1)'),
+    ('train_params', 'scales', [1, 0.5, 0], 'train_params.scales: [1, 0.5, 0] must be in (0, 1]'),
+    ('train_params', 'epoch_milestones', [-1], 'epoch_milestones: [-1] must be at least 0'),
+    ('train_params.loss_weights', 'perceptual', [10, -1], 'loss_weights.perceptual: [10, -1] must be at least 0'),
+    ('train_params.transform_params', 'points_tps', 0, 'points_tps: 0 must be at least 1'),
     ('dataset_params', 'frame_shape', [64, -64, 3], 'frame_shape'),
     ('dataset_params', 'root_dir', None, 'root_dir is missing'),
+    ('dataset_params.augmentation_params', 'jitter_param', {'hue': 0.7}, 'jitter_param.hue: 0.7 must be in [0, 0.5]'),
+    ('model_params.common_params', 'num_kp', 0, 'common_params.num_kp: 0 must be at least 1'),
+    ('model_params.kp_detector_params', 'temperature', 0, 'kp_detector_params.temperature: 0 must be > 0'),
+    ('model_params.kp_detector_params', 'scale_factor', 1.5, 'kp_detector_params.scale_factor: 1.5 must be in (0, 1]'),
+    ('model_params.generator_params', 'block_expansion', 0, 'generator_params.block_expansion: 0 must be at least 1'),
+    ('model_params.generator_params.dense_motion_params', 'kp_variance', -0.01, 'kp_variance: -0.01 must be > 0'),
+    ('model_params.discriminator_params', 'num_blocks', 0, 'discriminator_params.num_blocks: 0 must be at least 1'),
 ])
 def test_out_of_range_values_name_file_key_and_value(tmp_path, section, key, value, words):
     from core.config import ConfigError, load_config
-    path = write_config(tmp_path, lambda c: c[section].__setitem__(key, value))
+
+    def edit(cfg):
+        for part in section.split('.'):
+            cfg = cfg.setdefault(part, {}) if cfg.get(part) is None else cfg[part]
+        cfg[key] = value
+    path = write_config(tmp_path, edit)
     with pytest.raises(ConfigError) as err:
         load_config(path, mode='train')
-    assert str(err.value).startswith(path) and words in str(err.value), str(err.value)
+    message = str(err.value)
+    assert message.startswith(path) and words in message and len(message.splitlines()) == 1, message
+
+
+@pytest.mark.parametrize('section, key, value', [('common_params', 'num_kp', 0), ('kp_detector_params', 'temperature', 0)])
+def test_demo_refuses_a_config_that_cannot_animate(tmp_path, inputs, section, key, value):
+    """`temperature: 0` used to animate a black video with exit 0, `num_kp: 0` to fail later in torch:
+    both stop at the config with one line naming file, key and value, and write nothing."""
+    path = write_config(tmp_path, lambda c: c['model_params'][section].__setitem__(key, value))
+    source, driving = inputs / 'source.png', inputs / 'driving.mp4'
+    out = tmp_path / 'out.mp4'
+    res = subprocess.run([sys.executable, str(ROOT / 'demo.py'), '--config', path, '--checkpoint',
+                          str(inputs / 'tiny.pth.tar'), '--source_image', str(source),
+                          '--driving_video', str(driving), '--result_video', str(out), '--device', 'cpu'],
+                         capture_output=True, text=True, cwd=str(ROOT))
+    assert res.returncode != 0 and not out.exists()
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and path in lines[0] and '%s.%s: 0 must' % (section, key) in lines[0], res.stderr
 
 
 def test_inference_checks_only_what_inference_uses_and_names_the_smallest_frame(tmp_path):
