@@ -39,18 +39,19 @@ def _write_pair(engine, writer, frames, norm, visualizer: Optional[Visualizer]) 
 
 def animate(config, generator, kp_detector, checkpoint: Optional[str], log_dir: str, dataset, device=None,
             precision: str = 'auto', batch_size: int = 4, visualize: bool = False, progress: bool = True,
-            distributed: bool = False) -> list:
+            distributed: bool = False, out_dir: Optional[str] = None) -> list:
     """Animate the source of each pair of `dataset` (a PairedDataset over a test FramesDataset) by
     its driving video; config: a Config, its dict or a YAML path; checkpoint: weights to load
     (None: the networks as they are). Returns the written paths.
 
     distributed: under torchrun (process group initialised), rank r of W animates pairs r, r+W, ...
-    after every rank has checked every output; each returns all written paths (in pair order)."""
+    after every rank has checked every output; each returns all written paths (in pair order).
+    out_dir: where the videos go (default `<log_dir>/animation`)."""
     engine = AnimationEngine.from_networks(generator, kp_detector, config, checkpoint, device=device,
                                            precision=precision, batch_size=batch_size)
     params = engine.config.animate_params
     videos = dataset.initial_dataset
-    out_dir = os.path.join(log_dir, 'animation')
+    out_dir = out_dir or os.path.join(log_dir, 'animation')
     jobs = []
     for driving_idx, source_idx in dataset.pairs:
         driving, source = videos.videos[int(driving_idx)], videos.videos[int(source_idx)]

@@ -5,8 +5,12 @@ are `log/<config-name>_<timestamp>` holding the resolved `config.yaml`, `log.txt
 losses), `checkpoints/<epoch>-checkpoint.pth.tar` and `train-vis/<epoch>-rec.png`.
 """
 import colorsys
+import itertools
+import json
 import os
 import re
+import shutil
+import socket
 import time
 from typing import Dict, List, Optional
 
@@ -17,7 +21,7 @@ import yaml
 from skimage.draw import disk
 
 from core.checkpoint import FORMAT_VERSION, load_checkpoint, save_atomic
-from media.outputs import clean_stale_temps
+from media.outputs import alive_here, clean_stale_temps, writer_id
 from core.runtime import unwrap
 
 
@@ -25,6 +29,86 @@ def run_dir_name(config_name: str, when: Optional[float] = None) -> str:
     """'<config-name>_<YYYYmmdd-HHMMSS>', no spaces."""
     stamp = time.strftime('%Y%m%d-%H%M%S', time.localtime(when))
     return '%s_%s' % (config_name.replace(' ', '_'), stamp)
+
+
+def claim_folder(path: str) -> str:
+    """Create the folder `path`, or else `path-2`, `path-3`, ...: the first that does not exist yet,
+    atomically (os.mkdir fails for all but the first process to create a name), so two runs
+    started in the same second get a folder each. Returns the folder claimed."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    for n in itertools.count(1):
+        candidate = path if n == 1 else '%s-%d' % (path, n)
+        try:
+            os.mkdir(candidate)
+            return candidate
+        except FileExistsError:
+            continue
+
+
+def release_if_empty(folder: str) -> bool:
+    """Remove a folder claimed for a run that failed before writing anything (it holds no file,
+    only empty folders); returns whether it was removed."""
+    for _, _, files in os.walk(folder):
+        if files:
+            return False
+    shutil.rmtree(folder, ignore_errors=True)
+    return True
+
+
+LOCK_NAME = '.fomm-training'
+
+
+class RunBusyError(ValueError):
+    """The run folder is being trained by another process; the message says by whom and what to do."""
+
+
+class RunLock:
+    """`<run>/.fomm-training`, created exclusively while a process trains in the run folder, so a
+    second training of the same run (resuming a run that is still training) is refused instead of
+    interleaving log.txt and overwriting checkpoints. The lock of a process that died on this
+    machine is taken over; one left by another machine or container (its pid means nothing here)
+    must be removed by hand, and the message says so."""
+
+    def __init__(self, run_dir: str):
+        self.path = os.path.join(run_dir, LOCK_NAME)
+        self.held = False
+
+    def __enter__(self) -> 'RunLock':
+        mine = {'writer': writer_id(), 'host': socket.gethostname(), 'pid': os.getpid(),
+                'since': time.strftime('%Y-%m-%d %H:%M:%S')}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder.get('writer') == mine['writer'] and not alive_here(int(holder.get('pid', -1))):
+                    os.remove(self.path)  # a training on this machine that was killed: take over
+                    continue
+                raise RunBusyError('--checkpoint: the run %s is being trained now by pid %s on %s (since %s): wait for '
+                                   'it to end, or add --fork to continue in a new run folder; if no such process runs '
+                                   'any more, remove %s' % (os.path.dirname(self.path), holder.get('pid', '?'),
+                                                            holder.get('host', '?'), holder.get('since', '?'), self.path))
+            with os.fdopen(fd, 'w') as f:
+                json.dump(mine, f)
+            self.held = True
+            return self
+        raise RunBusyError('%s: could not take the run lock' % self.path)
+
+    def _holder(self) -> dict:
+        try:
+            with open(self.path) as f:
+                holder = json.load(f)
+            return holder if isinstance(holder, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def __exit__(self, *exc) -> None:
+        if self.held:
+            try:
+                os.remove(self.path)
+            except OSError:
+                pass
+            self.held = False
 
 
 class Logger:

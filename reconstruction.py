@@ -52,7 +52,8 @@ def reconstruct_video(engine, frames: Iterable[np.ndarray], writer=None,
 
 def reconstruction(config, generator, kp_detector, checkpoint: Optional[str], log_dir: str, dataset,
                    device=None, precision: str = 'auto', batch_size: int = 4, with_akd='auto',
-                   progress: bool = True, indices: Optional[Iterable[int]] = None, distributed: bool = False) -> dict:
+                   progress: bool = True, indices: Optional[Iterable[int]] = None, distributed: bool = False,
+                   out_dir: Optional[str] = None) -> dict:
     """Reconstruct the test videos of `dataset` (a FramesDataset with is_train=False).
 
     config: a Config, its dict or a YAML path; checkpoint: weights to load into the networks
@@ -64,11 +65,12 @@ def reconstruction(config, generator, kp_detector, checkpoint: Optional[str], lo
     distributed: under torchrun (process group initialised), rank r of W does videos r, r+W, ...
     and writes them; rank 0 gathers every rank's figures and writes the one report, the same as a
     single process would (rows in video order); the other ranks return their own rows only, with
-    'mean' and 'paths' None."""
+    'mean' and 'paths' None. out_dir: where the videos and the report go (default
+    `<log_dir>/reconstruction`)."""
     engine = AnimationEngine.from_networks(generator, kp_detector, config, checkpoint, device=device,
                                            precision=precision, batch_size=batch_size)
     params = engine.config.reconstruction_params
-    out_dir = os.path.join(log_dir, 'reconstruction')
+    out_dir = out_dir or os.path.join(log_dir, 'reconstruction')
     count = len(dataset) if params.num_videos is None else min(len(dataset), int(params.num_videos))
     indices = list(range(count) if indices is None else indices)
     targets = {i: os.path.join(out_dir, media_stem(dataset.videos[i]) + output_suffix(params.format)) for i in indices}

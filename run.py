@@ -12,8 +12,10 @@ resuming from an older checkpoint of a run that went further needs --fork (a new
 so no later checkpoint or log line is ever rewritten.
 """
 import argparse
+import contextlib
 import os
 import sys
+import time
 
 MODES = ('train', 'reconstruction', 'animate')
 
@@ -85,26 +87,60 @@ def check_args(args) -> None:
         raise ValueError('--max_minutes: must be > 0, got %g' % args.max_minutes)
 
 
-def run_dir_for(args, config_path: str) -> str:
-    """Training from scratch, evaluating, or --fork: a new timestamped run folder; resuming from a
-    run's newest checkpoint: that run's folder (an older one without --fork is refused)."""
+def run_dir_for(args, config_path: str) -> tuple:
+    """(folder, fresh). Training from scratch, evaluating a checkpoint that is not in a run folder,
+    or --fork: a new timestamped run folder, still to be claimed (fresh); resuming from a run's
+    newest checkpoint, or evaluating a run's checkpoint: that run's folder (an older checkpoint's
+    resume without --fork is refused)."""
     from core.config import config_name
     from logger import resume_conflict, run_dir_name, run_folder_of
 
     fresh = os.path.join(args.log_dir, run_dir_name(config_name(config_path)))
     if args.checkpoint is None or run_folder_of(args.checkpoint) is None:
-        return fresh
+        return fresh, True
     if args.mode != 'train':
-        return run_folder_of(args.checkpoint)
+        return run_folder_of(args.checkpoint), False
     conflict = resume_conflict(args.checkpoint)
     if conflict and not args.fork:
         raise ValueError('--checkpoint: %s is not the newest state of its run (%s); resuming there would rewrite '
                          'later checkpoints and log lines: add --fork to continue from it in a new run folder'
                          % (args.checkpoint, conflict))
     if conflict:
-        print('--fork: resuming from %s in a new run folder %s' % (args.checkpoint, fresh), file=sys.stderr)
-        return fresh
-    return run_folder_of(args.checkpoint)
+        return fresh, True
+    return run_folder_of(args.checkpoint), False
+
+
+def claim_folders(args, config_path: str, rank: int) -> tuple:
+    """(run folder, the mode's output folder or None for training, claimed): the folders this run
+    writes into, created exclusively where they are new (claim_folder: a second run started in the
+    same second gets its own), the same on every torchrun rank (rank 0 claims and tells the
+    others). An evaluation writes into `<run>/<mode>/` of a run folder it created, or into a new
+    `<run>/<mode>_<timestamp>/` of the checkpoint's run, so evaluations never share a folder.
+    `claimed` lists the folders created here (removed again if the run fails before writing)."""
+    import torch.distributed as dist
+
+    from logger import claim_folder
+
+    log_dir, fresh = run_dir_for(args, config_path)  # every rank checks, so all fail alike
+    shared = [None, None, []]
+    if rank == 0:
+        claimed = [claim_folder(log_dir)] if fresh else []
+        log_dir = claimed[0] if fresh else log_dir
+        out_dir = None
+        if args.mode != 'train':
+            name = MODE_FOLDERS[args.mode]
+            out_dir = os.path.join(log_dir, name) if fresh else claim_folder(
+                os.path.join(log_dir, '%s_%s' % (name, time.strftime('%Y%m%d-%H%M%S'))))
+            claimed += [] if fresh else [out_dir]
+        if fresh and args.mode == 'train' and args.checkpoint is not None:
+            print('--fork: resuming from %s in a new run folder %s' % (args.checkpoint, log_dir), file=sys.stderr)
+        shared = [log_dir, out_dir, claimed]
+    if dist.is_initialized():
+        dist.broadcast_object_list(shared, src=0)
+    return tuple(shared)
+
+
+MODE_FOLDERS = {'reconstruction': 'reconstruction', 'animate': 'animation'}
 
 
 def setup_device(args, is_ddp: bool, local_rank: int):
@@ -128,7 +164,8 @@ def setup_device(args, is_ddp: bool, local_rank: int):
 
 
 def execute(args, config, device, precision: str, rank: int) -> str:
-    """Build networks and data, pick the run folder, run the mode; returns the run folder."""
+    """Build networks and data, claim the run's folders, run the mode; returns the folder written
+    (the run folder for training, the evaluation's own folder for reconstruction / animate)."""
     import numpy as np
     import torch
     import torch.distributed as dist
@@ -142,28 +179,35 @@ def execute(args, config, device, precision: str, rank: int) -> str:
     generator, kp_detector, discriminator = build_networks(cfg['model_params'], discriminator=args.mode == 'train')
     dataset = FramesDataset(is_train=args.mode == 'train', random_seed=args.seed, allow_damaged=args.allow_damaged,
                             **cfg['dataset_params'])
-    log_dir = run_dir_for(args, args.config)
-    if dist.is_initialized():  # one run folder for all ranks (each would stamp its own time)
-        shared = [log_dir]
-        dist.broadcast_object_list(shared, src=0)
-        log_dir = shared[0]
+    log_dir, out_dir, claimed = claim_folders(args, args.config, rank)
     if args.verbose and rank == 0:
         print('run folder: %s; device %s; precision %s' % (log_dir, device, precision))
     options = dict(device=device, precision=precision, batch_size=args.batch_size)
-    if args.mode == 'train':
-        from train import train
-        train(config, generator, discriminator, kp_detector, args.checkpoint, log_dir, dataset, device,
-              precision=precision, num_workers=args.num_workers, sync_bn=args.sync_bn, verbose=args.verbose,
-              max_steps=args.max_steps, max_minutes=args.max_minutes, compile=args.compile)
-    elif args.mode == 'reconstruction':
-        from reconstruction import reconstruction
-        reconstruction(config, generator, kp_detector, args.checkpoint, log_dir, dataset,
-                       distributed=dist.is_initialized(), **options)
-    else:
-        from animate import animate
-        pairs = PairedDataset(initial_dataset=dataset, number_of_pairs=config.animate_params.num_pairs, seed=args.seed)
-        animate(config, generator, kp_detector, args.checkpoint, log_dir, pairs, visualize=args.visualize,
-                distributed=dist.is_initialized(), **options)
+    try:
+        if args.mode == 'train':
+            from logger import RunLock
+            from train import train
+            with RunLock(log_dir) if rank == 0 else contextlib.nullcontext():
+                train(config, generator, discriminator, kp_detector, args.checkpoint, log_dir, dataset, device,
+                      precision=precision, num_workers=args.num_workers, sync_bn=args.sync_bn, verbose=args.verbose,
+                      max_steps=args.max_steps, max_minutes=args.max_minutes, compile=args.compile)
+        elif args.mode == 'reconstruction':
+            from reconstruction import reconstruction
+            reconstruction(config, generator, kp_detector, args.checkpoint, log_dir, dataset, out_dir=out_dir,
+                           distributed=dist.is_initialized(), **options)
+        else:
+            from animate import animate
+            pairs = PairedDataset(initial_dataset=dataset, number_of_pairs=config.animate_params.num_pairs,
+                                  seed=args.seed)
+            animate(config, generator, kp_detector, args.checkpoint, log_dir, pairs, out_dir=out_dir,
+                    visualize=args.visualize, distributed=dist.is_initialized(), **options)
+    except BaseException:
+        if rank == 0:  # a run that failed before writing anything leaves no folder behind
+            from logger import release_if_empty
+            for folder in reversed(claimed):
+                release_if_empty(folder)
+        raise
+    return out_dir or log_dir
     return log_dir
 
 

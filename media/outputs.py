@@ -12,15 +12,22 @@ live.py, export.py, prepare_dataset.py) calls `check_outputs` before any work st
   * the output's folder must be creatable and writable.
 
 Files are written to a hidden temporary name beside the output (`temp_path`: it carries the
-writer's pid) and renamed when complete, so nothing is ever half written under the final name.
-`clean_stale_temps(folder)` removes temporaries whose process is gone (SIGKILL, power loss).
+writer's machine (`writer_id`) and pid) and renamed when complete, so nothing is ever half written
+under the final name. `clean_stale_temps(folder)` removes temporaries whose writer is gone
+(SIGKILL, power loss): on this machine (same host, boot and PID namespace) when the pid no longer
+runs; written elsewhere (another host on a shared filesystem, another container), only when
+untouched for STALE_AFTER_S, since a pid says nothing there.
 
 No torch and no decoder here: this module is imported by the torch-free runtime too.
 """
+import functools
+import hashlib
 import os
 import re
 import shutil
+import socket
 import subprocess
+import time
 from typing import Dict, Iterable, Optional
 
 MARK = 'First Order Motion Model (fomm)'  # the comment tag of every video/GIF this project writes
@@ -162,26 +169,53 @@ def _check_writable(flag: str, folder: str) -> None:
 
 
 # ------------------------------------------------------------------------------ temporaries
+@functools.lru_cache(maxsize=None)
+def writer_id() -> str:
+    """8 hex digits naming where this process runs: host name, boot and PID namespace (a container
+    has its own). A pid identifies a process only among writers with the same id."""
+    parts = [socket.gethostname()]
+    for path in ('/proc/sys/kernel/random/boot_id', '/proc/self/ns/pid'):
+        try:
+            if path.endswith('/pid'):
+                parts.append(os.readlink(path))
+            else:
+                with open(path) as f:
+                    parts.append(f.read().strip())
+        except OSError:
+            parts.append('')
+    return hashlib.sha1('|'.join(parts).encode()).hexdigest()[:8]
+
+
+STALE_AFTER_S = 24 * 3600  # a temporary of another machine untouched this long is a dead writer's
+
+
 def temp_path(final: str, suffix: str = '') -> str:
-    """A hidden temporary name beside `final` that carries this process's pid."""
+    """A hidden temporary name beside `final` that carries this process's machine and pid."""
     folder, name = os.path.split(os.path.abspath(final))
-    return os.path.join(folder, '%s%s.%d%s' % (TEMP_PREFIX, name, os.getpid(), suffix))
+    return os.path.join(folder, '%s%s.%s.%d%s' % (TEMP_PREFIX, name, writer_id(), os.getpid(), suffix))
 
 
-_TEMP_PID = re.compile(r'^%s.*\.(\d+)(\.[A-Za-z0-9]+)?$' % re.escape(TEMP_PREFIX))
+_TEMP_NAME = re.compile(r'^%s.*\.([0-9a-f]{8})\.(\d+)(\.[A-Za-z0-9]+)?$' % re.escape(TEMP_PREFIX))
 
 
 def clean_stale_temps(folder: str) -> list:
-    """Remove this project's temporaries in `folder` whose writing process no longer runs; returns
-    the removed paths. Those of running processes (another job writing there) are left alone."""
+    """Remove this project's temporaries in `folder` whose writer is gone; returns the removed
+    paths. Those of running processes (another job writing there) are left alone; a temporary
+    of another machine or container is removed only when untouched for STALE_AFTER_S."""
     removed = []
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return removed
+    here = writer_id()
     for entry in entries:
-        match = _TEMP_PID.match(entry.name)
-        if not match or _alive(int(match.group(1))):
+        match = _TEMP_NAME.match(entry.name)
+        if not match:
+            continue
+        if match.group(1) == here:
+            if alive_here(int(match.group(2))):
+                continue
+        elif time.time() - _last_change(entry.path) < STALE_AFTER_S:
             continue
         try:
             if entry.is_dir(follow_symlinks=False):
@@ -194,7 +228,19 @@ def clean_stale_temps(folder: str) -> list:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def _last_change(path: str) -> float:
+    """The latest modification time of a file, or of a folder and the files in it."""
+    try:
+        times = [os.lstat(path).st_mtime]
+        if os.path.isdir(path):
+            times += [e.stat(follow_symlinks=False).st_mtime for e in os.scandir(path)]
+    except OSError:
+        return time.time()  # vanished or unreadable meanwhile: not ours to judge now
+    return max(times)
+
+
+def alive_here(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (meaningful for a writer_id equal to ours)."""
     if pid == os.getpid():
         return True
     try:

@@ -119,7 +119,8 @@ def test_interrupted_preparation_resumes_without_redoing_finished_files(tmp_path
     stamps = {p.name: p.stat().st_mtime_ns for p in out.glob('*.mp4')}
     # as a kill -9 in the middle of v1 leaves it: no final file, a temporary of a process now gone
     (out / 'v1.mp4').unlink()
-    stale = out / ('.fomm-tmp-v1.mp4.%d.mp4' % _dead_pid())
+    from media.outputs import writer_id
+    stale = out / ('.fomm-tmp-v1.mp4.%s.%d.mp4' % (writer_id(), _dead_pid()))
     stale.write_bytes(b'\x00\x00\x00\x18ftypisom half written')
     report, lines = _prepare(inp, out)
     assert report == {'prepared': 1, 'already': 2, 'skipped': []} and '(2 already there)' in lines[0]

@@ -5,6 +5,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -110,17 +111,27 @@ def test_a_file_this_tool_did_not_write_needs_overwrite(inputs, tmp_path):
 
 
 def test_stale_temporaries_of_killed_runs_are_cleaned_and_live_ones_kept(inputs, tmp_path):
+    from media.outputs import STALE_AFTER_S, writer_id
     dead = subprocess.Popen([sys.executable, '-c', 'pass'])
     dead.wait()
-    stale = tmp_path / ('.fomm-tmp-result.mp4.%d.mp4' % dead.pid)  # what a SIGKILLed writer leaves
+    here = writer_id()
+    stale = tmp_path / ('.fomm-tmp-result.mp4.%s.%d.mp4' % (here, dead.pid))  # what a SIGKILLed writer leaves
     stale.write_bytes(b'half a video')
-    stale_dir = tmp_path / ('.fomm-tmp-frames.png.%d' % dead.pid)
+    stale_dir = tmp_path / ('.fomm-tmp-frames.png.%s.%d' % (here, dead.pid))
     stale_dir.mkdir()
-    live = tmp_path / ('.fomm-tmp-other.mp4.%d.mp4' % os.getpid())  # another job still writing
+    live = tmp_path / ('.fomm-tmp-other.mp4.%s.%d.mp4' % (here, os.getpid()))  # another job still writing
     live.write_bytes(b'in progress')
+    # another host or container sharing the folder: its pid means nothing here, so only its age counts
+    other = 'ffffffff' if here != 'ffffffff' else '00000000'
+    remote = tmp_path / ('.fomm-tmp-remote.mp4.%s.%d.mp4' % (other, dead.pid))
+    remote.write_bytes(b'written on another host right now')
+    abandoned = tmp_path / ('.fomm-tmp-old.mp4.%s.%d.mp4' % (other, os.getpid()))
+    abandoned.write_bytes(b'left two days ago')
+    old = time.time() - STALE_AFTER_S - 3600
+    os.utime(abandoned, (old, old))
     assert demo(inputs, result=tmp_path / 'result.mp4')[0] == 0
-    assert not stale.exists() and not stale_dir.exists() and live.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, 'result.mp4']
+    assert not stale.exists() and not stale_dir.exists() and not abandoned.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, remote.name, 'result.mp4'])
 
 
 # ------------------------------------------------------------------------------ damaged inputs
