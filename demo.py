@@ -27,6 +27,7 @@ import numpy as np
 from core.cli import HelpFormatter, interrupted, one_line_warnings, report
 from media.images import FITS, MediaError, read_image
 from media.outputs import OutputError, check_outputs, exit_on_sigterm
+from engine.smoothing import add_smoothing_flags, smoother_from_flags
 from pipeline import PhotoOptions, animate_photo, check_driving
 
 PROG = 'demo.py'
@@ -128,14 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
                         '(--config, --checkpoint, --precision and --compile are then not used)')
     p.add_argument('--onnx_dir', default=None, help='--backend onnx: the folder export.py wrote')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
+    add_smoothing_flags(p)
     return p
 
 
-def photo_options(args: argparse.Namespace) -> PhotoOptions:
+def photo_options(args: argparse.Namespace, fps: Optional[float] = None) -> PhotoOptions:
+    """The options of the flags; fps: the driving video's (the keypoint filter's time step)."""
     options = PhotoOptions(relative=args.relative, adapt_scale=args.adapt_scale, fit=args.fit,
                            crop_source=args.crop_source, paste_back=args.paste_back, detector=args.detector,
                            increase=args.increase, feather=args.feather, best_frame=args.best_frame,
-                           find_best_frame=args.find_best_frame, audio=not args.no_audio)
+                           find_best_frame=args.find_best_frame, audio=not args.no_audio,
+                           smooth=smoother_from_flags(args, fps))
     options.check()
     return options
 
@@ -198,10 +202,11 @@ def run(args: argparse.Namespace) -> str:
 
     from media.video_io import open_video
 
-    options = photo_options(args)
+    photo_options(args)  # flags that exclude each other: before any file is read
     check_args(args)
     photo = read_image(args.source_image, limit=args.max_pixels)  # uint8 (H, W, 3), decoded in full
     video = open_video(args.driving_video, allow_damaged=args.allow_damaged)
+    options = photo_options(args, video.info.fps)
     check_driving(video, options)
     landmarker = make_landmarker(args) if args.find_best_frame else None
     engine = make_engine(args)

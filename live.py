@@ -26,6 +26,7 @@ import numpy as np
 
 from core import cli
 from media.images import FITS, MediaError, fit, read_image, resize
+from engine.smoothing import add_smoothing_flags, smoother_from_flags
 from engine.torch_engine import AnimationEngine
 from media.outputs import OutputError, check_outputs
 from core.runtime import PRECISIONS
@@ -154,9 +155,13 @@ def run_loop(frames: Iterator[np.ndarray], sources: Sources, sink, keys: Keys, a
     """Animate every frame into the sink; (latencies in s, frames, seconds) of the loop."""
     size = sources.engine.frame_shape
     latency: List[float] = []
-    start, count = time.perf_counter(), 0
+    start, count, last = time.perf_counter(), 0, None
     try:
         for count, frame in enumerate(frames, start=1):
+            now = time.perf_counter()
+            # a camera's frames are filtered at the times they came; a video's at its own rate
+            dt = now - last if getattr(args, 'video', None) is None and last is not None and now > last else None
+            last = now
             driving = fit(frame, size, args.fit)
             actions = keys.actions(count - 1)
             if 'quit' in actions:
@@ -167,7 +172,7 @@ def run_loop(frames: Iterator[np.ndarray], sources: Sources, sink, keys: Keys, a
             if 'reference' in actions or sources.engine.kp_reference is None:
                 sources.set_reference(driving)
             begin = time.perf_counter()
-            out = sources.engine.animate_frame(driving, relative=not args.absolute, adapt_scale=args.adapt_scale)
+            out = sources.engine.animate_frame(driving, relative=not args.absolute, adapt_scale=args.adapt_scale, dt=dt)
             latency.append(time.perf_counter() - begin)
             sink.write(resize(out, args.out_size, args.out_size) if args.out_size else out)
             if args.max_frames and count >= args.max_frames:
@@ -201,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--max_frames', type=int, default=0, help='stop after this many frames (0: when the input ends)')
     p.add_argument('--keys', default='', help='scripted key presses FRAME:KEY,... (e.g. "30:n,60:r"), as if typed')
     p.add_argument('--device', default=None, help='cpu, cuda or cuda:N; none: cuda when available, else cpu')
+    add_smoothing_flags(p)
     p.add_argument('--precision', default='auto', choices=PRECISIONS,
                    help='auto: bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32')
     return p
@@ -266,6 +272,7 @@ def run(args: argparse.Namespace) -> str:
     frames, fps = open_input(args)
     engine = AnimationEngine.from_checkpoint(args.config, args.checkpoint, device=args.device,
                                              precision=args.precision, batch_size=1)
+    engine.set_smoothing(smoother_from_flags(args, fps))  # shared by the views: one stream of driving keypoints
     sources = Sources(engine, images)
     height, width = (args.out_size, args.out_size) if args.out_size else engine.frame_shape
     with contextlib.ExitStack() as stack:

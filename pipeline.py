@@ -19,6 +19,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from engine.smoothing import KeypointSmoother
 from media.images import fit
 
 Progress = Callable[[int, int], None]  # (frames done, frames in all)
@@ -37,6 +38,7 @@ class PhotoOptions:
     best_frame: Optional[int] = None  # index of the initial driving frame
     find_best_frame: bool = False  # the initial frame whose face landmarks match the source best
     audio: bool = True  # copy the driving video's audio into the result and preview
+    smooth: Optional[KeypointSmoother] = None  # steadies the driving keypoints (engine.smoothing)
 
     def check(self) -> None:
         """Options that exclude each other: ValueError naming the flags."""
@@ -99,7 +101,7 @@ def animate_photo(engine, photo: np.ndarray, video, result: str, options: PhotoO
     engine.set_source(source)
     driving = (fit(frame, size, options.fit) for frame in video)
     pairs = engine.animate(driving, relative=options.relative, adapt_scale=options.adapt_scale,
-                           initial_frame=initial, with_inputs=True)
+                           initial_frame=initial, with_inputs=True, smooth=options.smooth)
     with contextlib.ExitStack() as stack:
         writer = stack.enter_context(VideoWriter(result, fps=video.info.fps))
         side = stack.enter_context(VideoWriter(preview, fps=video.info.fps)) if preview else None

@@ -1,6 +1,6 @@
-"""The torch-free inference engine: the networks exported by export.py, run by onnxruntime.
-
-Same API as the torch engine (inference.AnimationEngine), same frames within float rounding:
+"""The torch-free engine: the driver (engine/driver.py) over the graphs export.py writes, run by
+onnxruntime. Same API as the torch engine (engine.torch_engine.AnimationEngine), same frames
+within float rounding:
 
     engine = OnnxEngine.from_export('export/vox-256')      # a folder written by export.py
     engine.set_source(photo)                               # (H, W, 3) uint8 or float in [0, 1]
@@ -31,9 +31,8 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from engine.api import animate_outputs
+from engine.driver import Driver, no_context
 from media.images import float_to_uint8, to_float
-from modules.keypoints import normalize_kp
 
 MANIFEST = 'manifest.json'
 FORMAT_VERSION = 1
@@ -111,19 +110,27 @@ def check_files(folder: str, manifest: dict) -> None:
                               % (path, MANIFEST))
 
 
-def providers_for(device: Optional[str]) -> List[str]:
-    """onnxruntime execution providers for a device name: cpu, cuda[:N] or None (what is there)."""
+def providers_for(device: Optional[str]) -> List:
+    """onnxruntime execution providers for a device name: cpu, cuda, cuda:N or None (what is
+    there). cuda:N selects GPU N (the provider's device_id option)."""
     available = ort.get_available_providers()
     if device is None:
         return [p for p in ('CUDAExecutionProvider', 'CPUExecutionProvider') if p in available]
     if device == 'cpu':
         return ['CPUExecutionProvider']
-    if device.split(':')[0] == 'cuda':
+    kind, _, index = device.partition(':')
+    if kind == 'cuda' and (index == '' or index.isdigit()):
         if 'CUDAExecutionProvider' not in available:
             raise ValueError('--device: %s asked for, but this onnxruntime has no CUDA provider (install '
                              'onnxruntime-gpu)' % device)
-        return ['CUDAExecutionProvider', 'CPUExecutionProvider']
+        cuda = ('CUDAExecutionProvider', {'device_id': int(index)}) if index else 'CUDAExecutionProvider'
+        return [cuda, 'CPUExecutionProvider']
     raise ValueError("--device: '%s' is not a device (use cpu, cuda or cuda:N)" % device)
+
+
+def provider_name(provider) -> str:
+    """A provider entry's name (an entry is a name, or a (name, options) pair)."""
+    return provider[0] if isinstance(provider, tuple) else provider
 
 
 def open_session(path: str, entry: dict, providers: Sequence[str], threads: Optional[int]):
@@ -155,33 +162,82 @@ def stack_frames(frames: Sequence) -> np.ndarray:
     return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
 
 
-def _take(kp: KP, index: slice) -> KP:
-    return {k: v[index] for k, v in kp.items()}
+class OnnxBackend:
+    """The engine's primitives on onnxruntime (engine.driver.Backend): the three graphs of an
+    export, run by onnxruntime sessions, at the export's fixed frame size."""
+    fixed_batch = False
 
-
-class OnnxEngine:
-    """The three graphs of an export, run by onnxruntime sessions; the torch engine's API.
-
-    Build it with `from_export(folder)`, which checks the manifest and the files first."""
-
-    def __init__(self, folder: str, manifest: dict, sessions: dict, batch_size: int = 4, device: str = 'cpu'):
-        if int(batch_size) < 1:
-            raise ValueError('--batch_size: must be >= 1, got %r' % batch_size)
+    def __init__(self, folder: str, manifest: dict, sessions: dict, device: str = 'cpu'):
         self.folder = folder
         self.manifest = manifest
         self.sessions = sessions
-        self.batch_size = int(batch_size)
         self.device = device
         self.precision = manifest.get('precision', 'fp32')
         self.names = {role: manifest['graphs'][role] for role in GRAPHS}  # inputs/outputs per graph
-        self.source: Optional[np.ndarray] = None  # (1, 3, H, W)
-        self.kp_source: Optional[KP] = None  # (1, K, 2), (1, K, 2, 2)
-        self.encoded: Optional[np.ndarray] = None  # (1, C', h, w)
-        self.kp_reference: Optional[KP] = None  # the driving frame relative motion starts from (live use)
-        self.config = None
+        self.frame_shape = tuple(manifest['frame_shape'])
+
+    def context(self):
+        return no_context()
+
+    def to_batch(self, frames, what: str) -> np.ndarray:
+        batch = stack_frames(frames)
+        if tuple(batch.shape[2:]) != self.frame_shape:
+            raise ValueError('%s: %dx%d, but the export in %s takes %dx%d frames (fit it first: images.fit)'
+                             % (what, batch.shape[3], batch.shape[2], self.folder, self.frame_shape[1],
+                                self.frame_shape[0]))
+        return batch
+
+    def run(self, role: str, feeds: Dict[str, np.ndarray], outputs: Optional[List[str]] = None) -> List[np.ndarray]:
+        names = self.names[role]
+        return self.sessions[role].run(outputs, {name: feeds[name] for name in names['inputs']})
+
+    def detect(self, batch: np.ndarray) -> KP:
+        """kp_detector graph: (B, 3, H, W) -> {'value': (B, K, 2)[, 'jacobian': (B, K, 2, 2)]}."""
+        return dict(zip(KP_NAMES, self.run('kp_detector', {'frames': batch})))
+
+    def encode(self, source: np.ndarray) -> np.ndarray:
+        (encoded,) = self.run('source', {'source': source})
+        return encoded
+
+    def generate(self, source, encoded, kp_source: KP, kp_driving: KP, extras: bool) -> Dict[str, np.ndarray]:
+        """The generator graph on the cached source (batch 1) for B driving keypoint sets."""
+        feeds = {'encoded': encoded, 'source': source}
+        feeds.update(('kp_source_%s' % k, np.ascontiguousarray(v[:1])) for k, v in kp_source.items())
+        feeds.update(('kp_driving_%s' % k, np.ascontiguousarray(v, dtype=np.float32)) for k, v in kp_driving.items())
+        outputs = self.names['generator']['outputs'] if extras else ['prediction']
+        return dict(zip(outputs, self.run('generator', feeds, outputs)))
+
+    @staticmethod
+    def all_finite(prediction: np.ndarray) -> bool:
+        return bool(np.isfinite(prediction).all())
+
+    @staticmethod
+    def to_uint8(prediction: np.ndarray) -> np.ndarray:
+        return float_to_uint8(prediction.transpose(0, 2, 3, 1))
+
+    @staticmethod
+    def to_float(prediction: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(prediction.transpose(0, 2, 3, 1))
+
+
+class OnnxEngine(Driver):
+    """The driver over an OnnxBackend; `stream` yields numpy batches. Build it with
+    `from_export(folder)`, which checks the manifest and the files first."""
+
+    def __init__(self, folder: str, manifest: dict, sessions: dict, batch_size: int = 4, device: str = 'cpu'):
+        config = None
         if isinstance(manifest.get('config'), dict):
             from core.config import config_from_dict
-            self.config = config_from_dict(manifest['config'], os.path.join(folder, MANIFEST))
+            config = config_from_dict(manifest['config'], os.path.join(folder, MANIFEST))
+        super().__init__(OnnxBackend(folder, manifest, sessions, device=device), batch_size=batch_size, config=config)
+
+    @property
+    def folder(self) -> str:
+        return self.backend.folder
+
+    @property
+    def manifest(self) -> dict:
+        return self.backend.manifest
 
     @classmethod
     def from_export(cls, folder: str, providers: Optional[Sequence[str]] = None, batch_size: int = 4,
@@ -189,8 +245,8 @@ class OnnxEngine:
                     device: Optional[str] = None) -> 'OnnxEngine':
         """The engine of an export folder. The manifest, each file's presence and checksum, and
         (when given) the expected frame_shape (H, W) are checked first: ExportError names the file.
-        providers: onnxruntime execution providers (default: from `device`, cpu/cuda/None);
-        threads: onnxruntime's intra-op threads (default: its own choice, one per core)."""
+        providers: onnxruntime execution providers (default: from `device`: cpu, cuda, cuda:N or
+        None for what is there); threads: onnxruntime's intra-op threads (default: one per core)."""
         manifest = read_manifest(folder)
         if frame_shape is not None and list(frame_shape)[:2] != manifest['frame_shape']:
             raise ExportError('%s: frame_shape %s, but %s expected (export the model for that size)'
@@ -204,126 +260,12 @@ class OnnxEngine:
             raise ExportError('%s: takes %s frames, but %s says frame_shape %s (export again)'
                               % (os.path.join(folder, manifest['graphs']['kp_detector']['file']), graph_shape,
                                  MANIFEST, manifest['frame_shape']))
-        on_gpu = sessions['generator'].get_providers()[0] == 'CUDAExecutionProvider'
-        return cls(folder, manifest, sessions, batch_size=batch_size, device='cuda' if on_gpu else 'cpu')
-
-    @property
-    def frame_shape(self) -> tuple:
-        """(H, W): the only frame size the exported graphs take."""
-        return tuple(self.manifest['frame_shape'])
-
-    def _check_size(self, batch: np.ndarray, what: str) -> None:
-        if tuple(batch.shape[2:]) != self.frame_shape:
-            raise ValueError('%s: %dx%d, but the export in %s takes %dx%d frames (fit it first: images.fit)'
-                             % (what, batch.shape[3], batch.shape[2], self.folder, self.frame_shape[1],
-                                self.frame_shape[0]))
-
-    def _run(self, role: str, feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:
-        names = self.names[role]
-        return self.sessions[role].run(None, {name: feeds[name] for name in names['inputs']})
-
-    def _detect(self, frames: np.ndarray) -> KP:
-        """kp_detector graph: (B, 3, H, W) -> {'value': (B, K, 2)[, 'jacobian': (B, K, 2, 2)]}."""
-        return dict(zip(KP_NAMES, self._run('kp_detector', {'frames': frames})))
-
-    # ----------------------------------------------------------------------------- source
-    def to_array(self, image, what: str = 'image') -> np.ndarray:
-        """One image -> float32 (1, 3, H, W), of the export's frame size."""
-        batch = stack_frames([image])
-        self._check_size(batch, what)
-        return batch
-
-    def set_source(self, image) -> None:
-        """Compute the source's keypoints and the generator's encoding of it once.
-
-        image: (H, W, C) numpy (uint8, uint16 or float in [0, 1]; gray and RGBA accepted) of the
-        export's frame size."""
-        source = self.to_array(image, 'source image')
-        self.kp_source = self._detect(source)
-        (self.encoded,) = self._run('source', {'source': source})
-        self.source = source
-
-    def keypoints(self, image) -> KP:
-        """Keypoints of one image: {'value': (1, K, 2), 'jacobian': (1, K, 2, 2)}."""
-        return self._detect(self.to_array(image))
-
-    def set_reference(self, frame) -> None:
-        """The driving frame that relative motion is measured from in `animate_frame` (None: the
-        next frame given becomes the reference)."""
-        self.kp_reference = self.keypoints(frame) if frame is not None else None
-
-    # ---------------------------------------------------------------------------- driving
-    def _batches(self, frames: Iterable) -> Iterator[tuple]:
-        chunk = []
-        for frame in frames:
-            chunk.append(frame)
-            if len(chunk) == self.batch_size:
-                yield chunk, stack_frames(chunk)
-                chunk = []
-        if chunk:
-            yield chunk, stack_frames(chunk)
-
-    def _generate(self, kp_norm: KP, outputs: Optional[List[str]] = None) -> Dict[str, np.ndarray]:
-        """The generator graph on the cached source: the keypoints (B of them) -> its outputs."""
-        feeds = {'encoded': self.encoded, 'source': self.source}
-        feeds.update(('kp_source_%s' % k, v) for k, v in self.kp_source.items())
-        feeds.update(('kp_driving_%s' % k, np.ascontiguousarray(v, dtype=np.float32)) for k, v in kp_norm.items())
-        names = self.names['generator']
-        outputs = outputs or names['outputs']
-        values = self.sessions['generator'].run(outputs, {name: feeds[name] for name in names['inputs']})
-        return dict(zip(outputs, values))
-
-    def _normalize(self, kp_driving: KP, kp_initial: KP, relative: bool, adapt_scale: bool,
-                   relative_jacobian: bool) -> KP:
-        return normalize_kp(kp_source=self.kp_source, kp_driving=kp_driving, kp_driving_initial=kp_initial,
-                            adapt_movement_scale=adapt_scale, use_relative_movement=relative,
-                            use_relative_jacobian=relative and relative_jacobian)
-
-    def stream(self, driving_frames: Iterable, relative: bool = True, adapt_scale: bool = False,
-               relative_jacobian: bool = True, initial_frame=None, extras: bool = False) -> Iterator[Dict[str, object]]:
-        """Per batch of driving frames: {'prediction': float32 (B, 3, H, W), 'frames': the driving
-        frames as given (a list), 'kp_driving', 'kp_norm', 'kp_source', 'driving': (B, 3, H, W)}
-        (+ 'occlusion_map' (B, 1, h, w) with `extras`, when the export has it). Arguments as the
-        torch engine's stream (inference.AnimationEngine.stream)."""
-        if self.source is None:
-            raise RuntimeError('OnnxEngine: call set_source(image) before animating')
-        kp_initial = self.keypoints(initial_frame) if initial_frame is not None else None
-        wanted = None if extras else ['prediction']
-        for frames, driving in self._batches(driving_frames):
-            self._check_size(driving, 'driving frame')
-            kp_driving = self._detect(driving)
-            if kp_initial is None:
-                kp_initial = _take(kp_driving, slice(0, 1))  # computed once, with the first batch
-            kp_norm = self._normalize(kp_driving, kp_initial, relative, adapt_scale, relative_jacobian)
-            result = self._generate(kp_norm, wanted)
-            result.update(kp_driving=kp_driving, kp_norm=kp_norm, driving=driving, frames=frames,
-                          kp_source={k: np.broadcast_to(v, (len(frames),) + v.shape[1:])
-                                     for k, v in self.kp_source.items()})
-            yield result
-
-    def animate(self, driving_frames: Iterable, relative: bool = True, adapt_scale: bool = False,
-                relative_jacobian: bool = True, initial_frame=None, output: str = 'uint8',
-                with_inputs: bool = False) -> Iterator:
-        """Animate the source by `driving_frames` (an iterable, consumed lazily).
-
-        output: 'uint8' -> (H, W, 3) uint8 frames; 'float' -> (H, W, 3) float32 frames in [0, 1];
-        'batch' -> float32 (B, 3, H, W) arrays, one per batch. with_inputs: yield (driving frame
-        as given, output frame) pairs instead (not with 'batch')."""
-        results = self.stream(driving_frames, relative=relative, adapt_scale=adapt_scale,
-                              relative_jacobian=relative_jacobian, initial_frame=initial_frame)
-        return animate_outputs(results, output, with_inputs, lambda batch: float_to_uint8(batch.transpose(0, 2, 3, 1)),
-                               lambda batch: np.ascontiguousarray(batch.transpose(0, 2, 3, 1)))
-
-    def animate_frame(self, frame, relative: bool = True, adapt_scale: bool = False,
-                      relative_jacobian: bool = True) -> np.ndarray:
-        """One driving frame -> one uint8 (H, W, 3) frame, at batch 1, for live use: relative
-        motion is measured from the reference frame (`set_reference`; the first frame given when
-        none is set), whose keypoints are kept between calls."""
-        if self.source is None:
-            raise RuntimeError('OnnxEngine: call set_source(image) before animating')
-        kp_driving = self.keypoints(frame)
-        if self.kp_reference is None:
-            self.kp_reference = kp_driving
-        kp_norm = self._normalize(kp_driving, self.kp_reference, relative, adapt_scale, relative_jacobian)
-        prediction = self._generate(kp_norm, ['prediction'])['prediction']
-        return float_to_uint8(prediction.transpose(0, 2, 3, 1))[0]
+        used = sessions['generator'].get_providers()[0]
+        wanted = provider_name(providers[0])
+        if wanted == 'CUDAExecutionProvider' and used != wanted:
+            raise ValueError('--device: %s asked for, but onnxruntime could not start its CUDA provider (it fell '
+                             'back to %s: check the CUDA and cuDNN libraries onnxruntime-gpu needs)'
+                             % (device or 'cuda', used))
+        on_gpu = used == 'CUDAExecutionProvider'
+        return cls(folder, manifest, sessions, batch_size=batch_size, device=device if on_gpu and device else
+                   ('cuda' if on_gpu else 'cpu'))

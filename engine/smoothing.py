@@ -95,3 +95,27 @@ class KeypointSmoother:
             frames = [flt.filter(batch[i:i + 1], dt) for i in range(batch.shape[0])]
             out[key] = frames[0] if len(frames) == 1 else array_namespace(batch).concatenate(frames)
         return out
+
+
+# ------------------------------------------------------------------------ command lines
+def add_smoothing_flags(parser) -> None:
+    """--smooth, --smooth_cutoff, --smooth_beta: the same flags for demo.py and live.py."""
+    parser.add_argument('--smooth', action='store_true',
+                        help='steady the driving keypoints (One-Euro filter): less trembling when still, '
+                             'no lag when moving')
+    parser.add_argument('--smooth_cutoff', type=float, default=DEFAULT_MIN_CUTOFF,
+                        help='--smooth: cut-off frequency when still, Hz (lower: steadier, slower on slow motion)')
+    parser.add_argument('--smooth_beta', type=float, default=DEFAULT_BETA,
+                        help='--smooth: how fast the cut-off rises with speed (higher: less lag on fast motion)')
+
+
+def smoother_from_flags(args, fps: Optional[float]) -> Optional[KeypointSmoother]:
+    """The filter the flags ask for (None without --smooth), for a stream of `fps` frames per
+    second (None or 0: 25). ValueError names the flag of a value out of range."""
+    if not args.smooth:
+        return None
+    if not args.smooth_cutoff > 0:
+        raise ValueError('--smooth_cutoff: must be > 0 Hz, got %g' % args.smooth_cutoff)
+    if not args.smooth_beta >= 0:
+        raise ValueError('--smooth_beta: must be >= 0, got %g' % args.smooth_beta)
+    return KeypointSmoother(fps or 25.0, min_cutoff=args.smooth_cutoff, beta=args.smooth_beta)

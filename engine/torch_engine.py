@@ -15,18 +15,20 @@ Unlike the original per-frame loop, the source's keypoints and encoder features 
 (`generator.encode`), the initial driving frame's keypoints once, and the driving frames go
 through keypoint detection, `normalize_kp`, the dense motion network and the decoder in batches.
 Nothing is accumulated: frames come out as they are made, so memory is flat in video length.
+`TorchBackend` holds only what runs on torch: the (fused, cast, compiled) networks, the frames'
+conversion and layout, autocast; the driver holds the rest.
 """
-from typing import Dict, Iterable, Iterator, Optional, Union
+import contextlib
+from typing import Dict, Optional, Union
 
 import numpy as np
 import torch
 
 from core.checkpoint import CheckpointError, checkpoint_config, load_checkpoint, read_checkpoint
 from core.config import Config, config_from_dict, load_config
-from engine.api import animate_outputs
+from engine.driver import Driver
 from media.images import to_float
 from modules.fused import cast_conv_weights, fuse_for_inference, shallow_clone
-from modules.keypoints import normalize_kp
 from core.runtime import autocast, autocast_dtype, resolve_device, resolve_precision
 
 Frame = Union[np.ndarray, torch.Tensor]
@@ -52,15 +54,6 @@ def to_uint8_frames(batch: torch.Tensor) -> np.ndarray:
     """float (B, 3, H, W) in [0, 1] -> uint8 (B, H, W, 3), rounded on the device (ties to even,
     as images.float_to_uint8)."""
     return batch.detach().float().clamp(0, 1).mul(255).round_().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
-def _take(kp: KP, index: slice) -> KP:
-    return {k: v[index] for k, v in kp.items()}
-
-
-def _expand(kp: KP, batch: int) -> KP:
-    """(1, ...) keypoints viewed as (B, ...), no copy."""
-    return {k: v.expand(batch, *v.shape[1:]) for k, v in kp.items()}
 
 
 # ------------------------------------------------------------------------------ networks
@@ -100,35 +93,32 @@ def load_networks(config=None, checkpoint_path: Optional[str] = None):
     return generator.eval(), kp_detector.eval(), config
 
 
-# --------------------------------------------------------------------------------- engine
-class AnimationEngine:
-    """Owns a generator and a keypoint detector in eval mode on one device, at one precision.
+# -------------------------------------------------------------------------------- backend
+class TorchBackend:
+    """The engine's primitives on torch (engine.driver.Backend): a generator and a keypoint
+    detector in eval mode on one device, at one precision.
 
     Args:
         generator, kp_detector: the networks (moved to `device` and put in eval mode).
         device: 'cpu', 'cuda', 'cuda:N', a torch.device, or None (cuda when available).
-        precision: 'auto' | 'fp32' | 'bf16' | 'fp16' (runtime.resolve_precision: auto is bf16
-            on CUDA and on CPUs with native bf16, else fp32).
-        batch_size: driving frames per forward pass.
+        precision: 'auto' | 'fp32' | 'bf16' | 'fp16' (core.runtime.resolve_precision).
         channels_last: NHWC memory layout for the convolutions; None: on for CPU, and on CUDA
             for bf16/fp16 (measured on CPU in bench/bench_animate.py).
         fuse: run the per-frame networks as `modules.fused.fuse_for_inference` copies (BatchNorm
             folded into the convolutions, upsampling convolutions split by output phase); same
             weights, and in fp32 the same results up to rounding (~1e-7).
-        compile: torch.compile the keypoint detector, dense motion network and decoder.
+        compile: torch.compile the keypoint detector, dense motion network and decoder (driving
+            batches are then padded to one size: `fixed_batch`).
 
-    The fused copies are made from the weights at construction: load a checkpoint first, then
-    build the engine (from_checkpoint does).
+    The fused copies are made from the weights at construction: load a checkpoint first.
     """
+    frame_shape = None  # any size the networks take
 
     def __init__(self, generator: torch.nn.Module, kp_detector: torch.nn.Module,
-                 device: Union[str, torch.device, None] = None, precision: str = 'auto', batch_size: int = 4,
+                 device: Union[str, torch.device, None] = None, precision: str = 'auto',
                  channels_last: Optional[bool] = None, fuse: bool = True, compile: bool = False):
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
-        if int(batch_size) < 1:
-            raise ValueError('--batch_size: must be >= 1, got %r' % batch_size)
-        self.batch_size = int(batch_size)
         if channels_last is None:  # NHWC: faster with oneDNN on CPU (all precisions, measured in
             # bench/bench_animate.py) and for bf16/fp16 tensor cores on CUDA
             channels_last = self.device.type == 'cpu' or self.precision != 'fp32'
@@ -138,36 +128,83 @@ class AnimationEngine:
         self.kp_detector = kp_detector.to(self.device).eval()
         # the networks that run: fused copies (shared weights) or the modules; only they get the
         # layout (a fused copy's shared weights too, not the ones its folded blocks replaced)
-        self._generator = fuse_for_inference(self.generator, memory_format=layout) if fuse else self.generator
-        self._kp_single = (fuse_for_inference(self.kp_detector, memory_format=layout) if fuse
-                           else self.kp_detector)  # never compiled
-        self._generator.to(memory_format=layout)
-        self._kp_single.to(memory_format=layout)
+        self.running_generator = fuse_for_inference(self.generator, memory_format=layout) if fuse else self.generator
+        self.kp_single = fuse_for_inference(self.kp_detector, memory_format=layout) if fuse else self.kp_detector
+        self.running_generator.to(memory_format=layout)
+        self.kp_single.to(memory_format=layout)
         if fuse and self.precision != 'fp32':  # the copies' own convolutions: cast once, not at every call
-            for net in (self._generator, self._kp_single):
+            for net in (self.running_generator, self.kp_single):
                 cast_conv_weights(net, autocast_dtype(self.precision))
-        self._kp_batch = self._kp_single
-        self.compiled = bool(compile)
+        self.kp_batch = self.kp_single  # never compiled: kp_single (batch 1: source, reference)
+        self.fixed_batch = bool(compile)
         if compile:
             # freezing lets inductor treat the weights as constants (prepacked for oneDNN on CPU);
             # it is a process-wide inductor setting. The generator copy is a shallow clone, so
             # compiled children replace only its own entries.
             import torch._inductor.config as inductor_config
             inductor_config.freezing = True
-            self._kp_batch = torch.compile(self._kp_single, dynamic=False)
-            if self._generator is self.generator:
-                self._generator = shallow_clone(self.generator)
-            if self._generator.dense_motion_network is not None:
-                self._generator.dense_motion_network = torch.compile(self._generator.dense_motion_network,
-                                                                     dynamic=False)
-            self._decode = torch.compile(self._generator.decode, dynamic=False)
+            self.kp_batch = torch.compile(self.kp_single, dynamic=False)
+            if self.running_generator is self.generator:
+                self.running_generator = shallow_clone(self.generator)
+            if self.running_generator.dense_motion_network is not None:
+                self.running_generator.dense_motion_network = torch.compile(
+                    self.running_generator.dense_motion_network, dynamic=False)
+            self.decode = torch.compile(self.running_generator.decode, dynamic=False)
         else:
-            self._decode = self._generator.decode
-        self.source: Optional[torch.Tensor] = None  # (1, 3, H, W)
-        self.kp_source: Optional[KP] = None  # (1, K, 2), (1, K, 2, 2)
-        self.encoded: Optional[torch.Tensor] = None  # (1, C', H/2^d, W/2^d)
-        self.kp_reference: Optional[KP] = None  # the driving frame relative motion starts from (live use)
-        self.config: Optional[Config] = None
+            self.decode = self.running_generator.decode
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def context(self):
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        stack.enter_context(autocast(self.device, self.precision))
+        return stack
+
+    def to_batch(self, frames, what: str) -> torch.Tensor:
+        return self.layout(stack_frames(frames, self.device))
+
+    def detect(self, batch: torch.Tensor) -> KP:
+        return (self.kp_batch if batch.shape[0] > 1 else self.kp_single)(batch)
+
+    def encode(self, source: torch.Tensor) -> torch.Tensor:
+        return self.running_generator.encode(source)
+
+    def generate(self, source, encoded, kp_source: KP, kp_driving: KP, extras: bool) -> Dict[str, torch.Tensor]:
+        """The generator's own warp (Eq. 8) and decoder on the cached source encoding."""
+        batch = kp_driving['value'].shape[0]
+        features, result = self.running_generator.warp(source.expand(batch, -1, -1, -1),
+                                                       encoded.expand(batch, -1, -1, -1),  # no copies
+                                                       kp_driving=kp_driving, kp_source=kp_source, extras=extras)
+        result['prediction'] = self.decode(self.layout(features)).float()  # (B, 3, H, W)
+        return result
+
+    def all_finite(self, prediction: torch.Tensor) -> bool:
+        return bool(torch.isfinite(prediction).all())
+
+    @staticmethod
+    def to_uint8(prediction: torch.Tensor) -> np.ndarray:
+        return to_uint8_frames(prediction)
+
+    @staticmethod
+    def to_float(prediction: torch.Tensor) -> np.ndarray:
+        return prediction.permute(0, 2, 3, 1).cpu().numpy()
+
+
+# --------------------------------------------------------------------------------- engine
+class AnimationEngine(Driver):
+    """The driver over a TorchBackend: one device, one precision (the arguments of TorchBackend,
+    plus batch_size: driving frames per forward pass). `stream` yields tensors on the device."""
+
+    def __init__(self, generator: torch.nn.Module, kp_detector: torch.nn.Module,
+                 device: Union[str, torch.device, None] = None, precision: str = 'auto', batch_size: int = 4,
+                 channels_last: Optional[bool] = None, fuse: bool = True, compile: bool = False, config=None):
+        if int(batch_size) < 1:
+            raise ValueError('--batch_size: must be >= 1, got %r' % batch_size)
+        backend = TorchBackend(generator, kp_detector, device=device, precision=precision,
+                               channels_last=channels_last, fuse=fuse, compile=compile)
+        super().__init__(backend, batch_size=batch_size, config=config)
 
     # ----------------------------------------------------------------------- construction
     @classmethod
@@ -177,10 +214,8 @@ class AnimationEngine:
         """Networks built from a config (YAML path, Config, dict, or None: the one the checkpoint
         carries), weights from a checkpoint (weights_only=True)."""
         generator, kp_detector, config = load_networks(config, checkpoint_path)
-        engine = cls(generator, kp_detector, device=device, precision=precision, batch_size=batch_size,
-                     channels_last=channels_last, fuse=fuse, compile=compile)
-        engine.config = config
-        return engine
+        return cls(generator, kp_detector, device=device, precision=precision, batch_size=batch_size,
+                   channels_last=channels_last, fuse=fuse, compile=compile, config=config)
 
     @classmethod
     def from_networks(cls, generator: torch.nn.Module, kp_detector: torch.nn.Module, config=None,
@@ -192,145 +227,28 @@ class AnimationEngine:
         config = resolve_config(config, state, checkpoint_path or '')
         if state is not None:
             load_checkpoint(checkpoint_path, generator=generator, kp_detector=kp_detector, state=state)
-        engine = cls(generator, kp_detector, **options)
-        engine.config = config
-        return engine
+        return cls(generator, kp_detector, config=config, **options)
+
+    # --------------------------------------------------------------------- torch specifics
+    @property
+    def generator(self) -> torch.nn.Module:
+        return self.backend.generator
+
+    @property
+    def kp_detector(self) -> torch.nn.Module:
+        return self.backend.kp_detector
+
+    @property
+    def channels_last(self) -> bool:
+        return self.backend.channels_last
 
     def parts(self) -> Dict[str, object]:
         """The per-frame networks as the engine runs them (fused, cast or compiled copies), for
         profiling: 'keypoints' (frames -> kp), 'dense_motion' (source, kp_driving, kp_source ->
         dict), 'decode' (warped features -> frames); call them under autocast(device, precision)."""
-        return {'keypoints': self._kp_batch, 'dense_motion': self._generator.dense_motion_network,
-                'decode': self._decode}
+        return {'keypoints': self.backend.kp_batch, 'dense_motion': self.backend.running_generator.dense_motion_network,
+                'decode': self.backend.decode}
 
-    @property
-    def frame_shape(self) -> Optional[tuple]:
-        """(H, W) of the config's frames, when built from a config."""
-        return tuple(self.config.dataset_params.frame_shape[:2]) if self.config is not None else None
-
-    def _layout(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-    # ----------------------------------------------------------------------------- source
     def to_tensor(self, image: Frame) -> torch.Tensor:
         """One image -> float32 (1, 3, H, W) on the device."""
         return stack_frames([image], self.device)
-
-    @torch.inference_mode()
-    def set_source(self, image: Frame) -> None:
-        """Compute the source's keypoints and encoder features once.
-
-        image: (H, W, C) numpy (uint8, uint16 or float in [0, 1]; gray and RGBA accepted) or a
-        (3, H, W) float tensor. The output frames have the source's size."""
-        source = self._layout(self.to_tensor(image))
-        with autocast(self.device, self.precision):
-            self.kp_source = self._kp_single(source)
-            self.encoded = self._generator.encode(source)
-        self.source = source
-
-    @torch.inference_mode()
-    def keypoints(self, image: Frame) -> KP:
-        """Keypoints of one image: {'value': (1, K, 2), 'jacobian': (1, K, 2, 2)}."""
-        with autocast(self.device, self.precision):
-            return self._kp_single(self._layout(self.to_tensor(image)))
-
-    def set_reference(self, frame: Optional[Frame]) -> None:
-        """The driving frame that relative motion is measured from in `animate_frame` (None: the
-        next frame given becomes the reference)."""
-        self.kp_reference = self.keypoints(frame) if frame is not None else None
-
-    # ---------------------------------------------------------------------------- driving
-    def _batches(self, frames: Iterable[Frame]) -> Iterator[tuple]:
-        """(original frames, frames (B, 3, H, W) on the device). Compiled networks get a last
-        batch padded to full size (repeating its last frame): one shape, no recompilation."""
-        chunk = []
-        for frame in frames:
-            chunk.append(frame)
-            if len(chunk) == self.batch_size:
-                yield chunk, stack_frames(chunk, self.device)
-                chunk = []
-        if chunk:
-            padded = chunk + chunk[-1:] * (self.batch_size - len(chunk)) if self.compiled else chunk
-            yield chunk, stack_frames(padded, self.device)
-
-    def _generate(self, kp_driving: KP, batch: int, extras: bool) -> Dict[str, torch.Tensor]:
-        """The generator's own warp (Eq. 8) and decoder on the cached source encoding."""
-        features, result = self._generator.warp(self.source.expand(batch, -1, -1, -1),
-                                                self.encoded.expand(batch, -1, -1, -1),  # no copies
-                                                kp_driving=kp_driving, kp_source=_expand(self.kp_source, batch),
-                                                extras=extras)
-        result['prediction'] = self._decode(self._layout(features))  # (B, 3, H, W)
-        return result
-
-    @torch.inference_mode()
-    def stream(self, driving_frames: Iterable[Frame], relative: bool = True, adapt_scale: bool = False,
-               relative_jacobian: bool = True, initial_frame: Optional[Frame] = None,
-               extras: bool = False) -> Iterator[Dict[str, object]]:
-        """Per batch of driving frames: {'prediction': float32 (B, 3, H, W) on the device,
-        'frames': the driving frames as given (a list), 'kp_driving', 'kp_norm', 'kp_source',
-        'driving': (B, 3, H', W')} (+ 'deformed', 'mask', 'occlusion_map', ... with `extras`).
-
-        relative: transfer motion relative to the initial driving frame (Sec. 3.5), else use the
-            driving keypoints as they are (absolute; reconstruction uses this).
-        adapt_scale: scale the motion by the ratio of the source's and the initial driving
-            frame's keypoint hull areas. relative_jacobian: compose Jacobians relatively too.
-        initial_frame: the driving frame the motion is relative to (default: the first one;
-            `--find_best_frame` passes the frame whose pose best matches the source).
-        """
-        if self.source is None:
-            raise RuntimeError('AnimationEngine: call set_source(image) before animating')
-        kp_initial = self.keypoints(initial_frame) if initial_frame is not None else None
-        for frames, driving in self._batches(driving_frames):
-            batch, count = driving.shape[0], len(frames)
-            driving = self._layout(driving)
-            with autocast(self.device, self.precision):
-                kp_driving = self._kp_batch(driving)
-                if kp_initial is None:
-                    kp_initial = _take(kp_driving, slice(0, 1))  # computed once, with the first batch
-                kp_norm = normalize_kp(kp_source=self.kp_source, kp_driving=kp_driving,
-                                       kp_driving_initial=kp_initial, adapt_movement_scale=adapt_scale,
-                                       use_relative_movement=relative,
-                                       use_relative_jacobian=relative and relative_jacobian)
-                kp_norm = _expand(kp_norm, batch) if kp_norm['value'].shape[0] != batch else kp_norm
-                result = self._generate(kp_norm, batch, extras)
-            result['prediction'] = result['prediction'].float()
-            result.update(kp_driving=kp_driving, kp_norm=kp_norm, driving=driving,
-                          kp_source=_expand(self.kp_source, batch))
-            if count < batch:  # drop the padding
-                result = {k: ({kk: vv[:count] for kk, vv in v.items()} if isinstance(v, dict) else v[:count])
-                          for k, v in result.items()}
-            result['frames'] = frames
-            yield result
-
-    def animate(self, driving_frames: Iterable[Frame], relative: bool = True, adapt_scale: bool = False,
-                relative_jacobian: bool = True, initial_frame: Optional[Frame] = None,
-                output: str = 'uint8', with_inputs: bool = False) -> Iterator:
-        """Animate the source by `driving_frames` (an iterable, consumed lazily).
-
-        output: 'uint8' -> (H, W, 3) uint8 frames; 'float' -> (H, W, 3) float32 frames in [0, 1];
-        'batch' -> float32 (B, 3, H, W) tensors on the device, one per batch. with_inputs: yield
-        (driving frame as given, output frame) pairs instead (not with 'batch')."""
-        results = self.stream(driving_frames, relative=relative, adapt_scale=adapt_scale,
-                              relative_jacobian=relative_jacobian, initial_frame=initial_frame)
-        return animate_outputs(results, output, with_inputs, to_uint8_frames,
-                               lambda batch: batch.permute(0, 2, 3, 1).cpu().numpy())
-
-    @torch.inference_mode()
-    def animate_frame(self, frame: Frame, relative: bool = True, adapt_scale: bool = False,
-                      relative_jacobian: bool = True) -> np.ndarray:
-        """One driving frame -> one uint8 (H, W, 3) frame, at batch 1, for live use: relative
-        motion is measured from the reference frame (`set_reference`; the first frame given when
-        none is set), whose keypoints are kept between calls."""
-        if self.source is None:
-            raise RuntimeError('AnimationEngine: call set_source(image) before animating')
-        driving = self._layout(self.to_tensor(frame))
-        with autocast(self.device, self.precision):
-            kp_driving = self._kp_single(driving)
-            if self.kp_reference is None:
-                self.kp_reference = kp_driving
-            kp_norm = normalize_kp(kp_source=self.kp_source, kp_driving=kp_driving,
-                                   kp_driving_initial=self.kp_reference, adapt_movement_scale=adapt_scale,
-                                   use_relative_movement=relative,
-                                   use_relative_jacobian=relative and relative_jacobian)
-            prediction = self._generate(kp_norm, 1, extras=False)['prediction']
-        return to_uint8_frames(prediction)[0]

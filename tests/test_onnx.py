@@ -320,3 +320,31 @@ def test_published_config_exports(name, published_exports, tmp_path_factory):
     assert manifest['frame_shape'] == list(config.dataset_params.frame_shape[:2])
     assert manifest['num_kp'] == config.model_params.common_params.num_kp
     assert diff < TOLERANCE
+
+
+def test_cuda_device_index_and_no_silent_cpu_fallback(tiny, monkeypatch):
+    """--device cuda:N picks GPU N (the CUDA provider's device_id); when CUDA was asked for and
+    onnxruntime could not start it (it falls back to the CPU provider silently), the engine says so
+    instead of running on the CPU. Mocked: no GPU here."""
+    import onnxruntime as ort
+
+    from engine import onnx_engine
+    monkeypatch.setattr(ort, 'get_available_providers', lambda: ['CUDAExecutionProvider', 'CPUExecutionProvider'])
+    assert onnx_engine.providers_for('cuda:1') == [('CUDAExecutionProvider', {'device_id': 1}), 'CPUExecutionProvider']
+    assert onnx_engine.providers_for('cuda') == ['CUDAExecutionProvider', 'CPUExecutionProvider']
+    assert onnx_engine.providers_for('cpu') == ['CPUExecutionProvider']
+    with pytest.raises(ValueError, match='not a device'):
+        onnx_engine.providers_for('cuda:x')
+    asked = []
+    real_session = ort.InferenceSession
+
+    def session(path, options, providers):  # what onnxruntime-gpu does without its CUDA libraries
+        asked.append(providers)
+        return real_session(path, options, providers=['CPUExecutionProvider'])
+    monkeypatch.setattr(ort, 'InferenceSession', session)
+    with pytest.raises(ValueError, match='could not start its CUDA provider'):
+        onnx_engine.OnnxEngine.from_export(str(tiny[0]), device='cuda:1')
+    assert asked[0][0] == ('CUDAExecutionProvider', {'device_id': 1})
+    monkeypatch.setattr(ort, 'get_available_providers', lambda: ['CPUExecutionProvider'])
+    with pytest.raises(ValueError, match='install onnxruntime-gpu'):
+        onnx_engine.OnnxEngine.from_export(str(tiny[0]), device='cuda')

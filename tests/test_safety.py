@@ -274,6 +274,23 @@ def test_inference_checks_only_what_inference_uses_and_names_the_smallest_frame(
     assert 'model_params.kp_detector_params' in message and '64x64' in message and '128 px' in message, message
 
 
+def test_a_checkpoint_that_makes_non_finite_frames_is_refused(tmp_path, inputs):
+    """Weights of a diverged training (NaN): demo.py stops with one line at the first batch instead
+    of writing a constant video, and leaves nothing behind."""
+    state = torch.load(inputs / 'tiny.pth.tar', weights_only=True)
+    name = next(k for k in state['generator'] if k.startswith('final.') and k.endswith('weight'))
+    state['generator'][name] = torch.full_like(state['generator'][name], float('nan'))
+    torch.save(state, tmp_path / 'nan.pth.tar')
+    out = tmp_path / 'out.mp4'
+    res = subprocess.run([sys.executable, str(ROOT / 'demo.py'), '--checkpoint', str(tmp_path / 'nan.pth.tar'),
+                          '--source_image', str(inputs / 'source.png'), '--driving_video', str(inputs / 'driving.mp4'),
+                          '--result_video', str(out), '--device', 'cpu', '--quiet'], capture_output=True, text=True,
+                         cwd=str(ROOT))
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 1 and len(lines) == 1 and 'non-finite values' in lines[0], res.stderr
+    assert sorted(os.listdir(tmp_path)) == ['nan.pth.tar']
+
+
 # --------------------------------------------------------------------------- runs and evaluation
 @pytest.fixture(scope='module')
 def shapes(tmp_path_factory):

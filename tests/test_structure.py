@@ -163,3 +163,22 @@ def test_code_map_is_true():
     extra = [f for f in LAYERS if f != 'bench/*' and f not in files]
     assert not wrong and not extra, ('docs/architecture.md code map: wrong layer or missing row %s; no such file %s'
                                      % (wrong, extra))
+
+
+def test_one_driver_over_backend_primitives():
+    """The engines' entry points are the driver's own (one definition), and each backend offers
+    every primitive of the Backend protocol and none of the driver's entry points."""
+    import inspect
+
+    from engine.driver import Backend, Driver
+    from engine.onnx_engine import OnnxBackend, OnnxEngine
+    from engine.torch_engine import AnimationEngine, TorchBackend
+    entry = ('set_source', 'set_reference', 'keypoints', 'stream', 'animate', 'animate_frame')
+    for engine in (AnimationEngine, OnnxEngine):
+        assert issubclass(engine, Driver)
+        assert [name for name in entry if name in vars(engine)] == [], engine  # not redefined
+    primitives = [name for name, _ in inspect.getmembers(Backend, inspect.isfunction)]
+    assert {'to_batch', 'detect', 'encode', 'generate', 'context', 'to_uint8', 'to_float'} <= set(primitives)
+    for backend in (TorchBackend, OnnxBackend):
+        assert all(callable(getattr(backend, name, None)) for name in primitives), backend
+        assert not set(entry) & set(vars(backend)), backend
