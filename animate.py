@@ -15,6 +15,7 @@ from typing import Optional
 
 from tqdm import tqdm
 
+from core.config import keywords
 from frames_dataset import DatasetError
 from media.images import MediaError, one_line
 from engine.torch_engine import AnimationEngine, to_uint8_frames
@@ -59,7 +60,7 @@ def animate(config, generator, kp_detector, checkpoint: Optional[str], log_dir: 
         check_output('animation output', path, {'driving video': os.path.join(videos.root_dir, driving),
                                                 'source video': os.path.join(videos.root_dir, source)})
         jobs.append((int(driving_idx), int(source_idx), path))
-    visualizer = Visualizer(**vars(engine.config.visualizer_params)) if visualize else None
+    visualizer = Visualizer(**keywords(engine.config.visualizer_params)) if visualize else None
 
     mine, rank, world = share_work(jobs, distributed)
     done = _animate_pairs(engine, videos, mine, params, visualizer, progress and rank == 0, rank)

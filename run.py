@@ -170,15 +170,15 @@ def execute(args, config, device, precision: str, rank: int) -> str:
     import torch
     import torch.distributed as dist
 
+    from core.config import keywords
     from frames_dataset import FramesDataset, PairedDataset
-    from modules.model import build_networks
+    from modules.networks import build_networks
 
     torch.manual_seed(args.seed + rank)
     np.random.seed((args.seed + rank) % 2 ** 32)
-    cfg = config.to_dict()
-    generator, kp_detector, discriminator = build_networks(cfg['model_params'], discriminator=args.mode == 'train')
+    generator, kp_detector, discriminator = build_networks(config.model_params, discriminator=args.mode == 'train')
     dataset = FramesDataset(is_train=args.mode == 'train', random_seed=args.seed, allow_damaged=args.allow_damaged,
-                            **cfg['dataset_params'])
+                            **keywords(config.dataset_params))
     log_dir, out_dir, claimed = claim_folders(args, args.config, rank)
     if args.verbose and rank == 0:
         print('run folder: %s; device %s; precision %s' % (log_dir, device, precision))

@@ -24,9 +24,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from core.checkpoint import load_checkpoint
+from core.config import keywords
 from frames_dataset import DatasetRepeater, default_num_workers, worker_init_fn
 from logger import Logger
-from modules.model import DiscriminatorFullModel, GeneratorFullModel
+from modules.networks import build_full_models
 from core.runtime import autocast, ddp_info
 
 ADAM_BETAS = (0.5, 0.999)
@@ -258,10 +259,8 @@ def train_step(x, generator_full, discriminator_full, optimizers, scaler, device
 def prepare_step(config, generator, discriminator, kp_detector, device: torch.device, options: StepOptions):
     """(generator_full, discriminator_full, GradScaler) over networks already placed (and wrapped);
     compiles the networks with options.compile."""
-    train_params = config.to_dict()['train_params']
-    generator_full = GeneratorFullModel(kp_detector, generator, discriminator, train_params,
-                                        batch_keypoints=options.batch_keypoints)
-    discriminator_full = DiscriminatorFullModel(kp_detector, generator, discriminator, train_params)
+    generator_full, discriminator_full = build_full_models(kp_detector, generator, discriminator, config.train_params,
+                                                           batch_keypoints=options.batch_keypoints)
     place_networks([generator_full, discriminator_full], device, options)
     if options.compile:
         # not the discriminator: under compilation, its spectral norm's in-place power iteration
@@ -299,7 +298,7 @@ def train(config, generator, discriminator, kp_detector, checkpoint: Optional[st
     loader, sampler = make_loader(dataset, tp, world, is_ddp, num_workers, device)
     models = {'generator': generator, 'discriminator': discriminator, 'kp_detector': kp_detector,
               **optimizers, **schedulers}
-    logger = Logger(log_dir, checkpoint_freq=tp.checkpoint_freq, visualizer_params=config.to_dict()['visualizer_params'],
+    logger = Logger(log_dir, checkpoint_freq=tp.checkpoint_freq, visualizer_params=keywords(config.visualizer_params),
                     config=config.to_dict(), tensorboard=True) if rank == 0 else None
     budget, stopped_early = _Budget(max_steps, max_minutes), False
 

@@ -244,9 +244,8 @@ def write_demo_inputs(folder: str, generator, kp_detector, config_path: str, cou
     from media.video_io import VideoWriter
     paths = {'checkpoint': os.path.join(folder, 'weights.pth.tar'), 'source': os.path.join(folder, 'source.png'),
              'driving': os.path.join(folder, 'driving.mp4'), 'result': os.path.join(folder, 'result.mp4')}
-    config = load_config(config_path).to_dict()
     torch.save({'generator': generator.state_dict(), 'kp_detector': kp_detector.state_dict(), 'epoch': 0,
-                'config': config}, paths['checkpoint'])
+                'config': load_config(config_path).to_dict()}, paths['checkpoint'])
     imageio.imwrite(paths['source'], (texture(size, seed=0) * 255).round().astype(np.uint8))
     with VideoWriter(paths['driving'], fps=25) as writer:
         for frame in driving_frames(count, size):

@@ -40,8 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench_animate import describe_machine  # noqa: E402
-from core.config import load_config  # noqa: E402
-from modules.model import Vgg19, build_networks  # noqa: E402
+from core.config import keywords, load_config  # noqa: E402
+from modules.model import Vgg19  # noqa: E402
+from modules.networks import build_networks  # noqa: E402
 from core.runtime import resolve_device, resolve_precision  # noqa: E402
 from train import (StepOptions, make_optimizers, place_networks, prepare_step, step_options, to_device,  # noqa: E402
                    train_step)
@@ -96,7 +97,7 @@ class ProjectVariant:
 
     def __init__(self, name, config, state, device, options: StepOptions):
         self.name, self.device, self.options = name, device, options
-        generator, kp_detector, discriminator = build_networks(config.to_dict()['model_params'])
+        generator, kp_detector, discriminator = build_networks(config.model_params)
         for net, key in ((generator, 'generator'), (kp_detector, 'kp_detector'), (discriminator, 'discriminator')):
             net.load_state_dict(state[key])
         place_networks([generator, discriminator, kp_detector], device, options)
@@ -128,17 +129,15 @@ class OriginalVariant:
     def __init__(self, original: dict, config, state, device, vgg_weights: str):
         self.name, self.device = 'original', device
         m = original['modules.model']
-        mp = config.to_dict()['model_params']
-        generator = original['modules.generator'].OcclusionAwareGenerator(**mp['generator_params'],
-                                                                          **mp['common_params'])
-        kp_detector = original['modules.keypoint_detector'].KPDetector(**mp['kp_detector_params'],
-                                                                       **mp['common_params'])
-        discriminator = original['modules.discriminator'].MultiScaleDiscriminator(**mp['discriminator_params'],
-                                                                                  **mp['common_params'])
+        mp, common = config.model_params, keywords(config.model_params.common_params)
+        generator = original['modules.generator'].OcclusionAwareGenerator(**keywords(mp.generator_params), **common)
+        kp_detector = original['modules.keypoint_detector'].KPDetector(**keywords(mp.kp_detector_params), **common)
+        discriminator = original['modules.discriminator'].MultiScaleDiscriminator(
+            **keywords(mp.discriminator_params), **common)
         for net, key in ((generator, 'generator'), (kp_detector, 'kp_detector'), (discriminator, 'discriminator')):
             net.load_state_dict(state[key])
             net.to(device)
-        tp = config.to_dict()['train_params']
+        tp = keywords(config.train_params)  # the original's modules take the dict layout
         self.train_params = tp
         self.full = m.GeneratorFullModel(kp_detector, generator, discriminator, tp).to(device)
         self.disc_full = m.DiscriminatorFullModel(kp_detector, generator, discriminator, tp).to(device)
@@ -219,7 +218,7 @@ def batches(config, args, device: torch.device):
                    'driving': torch.rand(tp.batch_size, 3, h, w, generator=g)}
     from frames_dataset import FramesDataset
     from train import make_loader
-    params = config.to_dict()['dataset_params']
+    params = keywords(config.dataset_params)
     if not os.path.isdir(params['root_dir']) and (ROOT / params['root_dir']).is_dir():
         params['root_dir'] = str(ROOT / params['root_dir'])  # a path relative to the project root
     torch.manual_seed(args.seed)
@@ -257,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
 def make_variants(args, config, device, precision):
     names = (args.variants or ('original,default' if args.original else 'plain,default')).split(',')
     torch.manual_seed(args.seed)
-    generator, kp_detector, discriminator = build_networks(config.to_dict()['model_params'])
+    generator, kp_detector, discriminator = build_networks(config.model_params)
     state = {'generator': generator.state_dict(), 'kp_detector': kp_detector.state_dict(),
              'discriminator': discriminator.state_dict()}
     original = None

@@ -2,8 +2,10 @@
 
 `load_config(path)` reads a YAML file with `yaml.safe_load`, checks every key against the schema
 below (an unknown or misspelt key fails with the key, the file and the nearest valid key), fills
-absent optional keys with the original's defaults, and returns a `Config`. `Config.to_dict()` gives
-the plain nested dict that the modules take as keyword arguments and that checkpoints store.
+absent optional keys with the original's defaults, and returns a `Config`, which is passed typed all
+the way down: `keywords(section)` turns a section into the keyword arguments of the original's
+constructors where they are called (modules/networks.py), and `Config.to_dict()` gives the plain
+nested dict that checkpoints, config.yaml and export manifests store.
 """
 import dataclasses
 import difflib
@@ -226,7 +228,9 @@ class Config:
     visualizer_params: VisualizerParams = field(default_factory=VisualizerParams)
 
     def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The plain nested dict of the YAML layout: what checkpoints, config.yaml and export
+        manifests store."""
+        return keywords(self)
 
     def validate(self, source: str = '<config>', mode: Optional[str] = None) -> 'Config':
         """Checks across keys that the schema alone cannot express. `mode`: None (inference: only
@@ -390,6 +394,18 @@ def _check_range(value, f: dataclasses.Field, key: str, source: str):
         if not in_range(item, *bounds):
             raise ConfigError('%s: %s: %r %s' % (source, key, value, describe_range(*bounds)))
     return value
+
+
+def keywords(section) -> Dict[str, Any]:
+    """A config section as the keyword arguments of the original's constructors (nested sections
+    as dicts): the one conversion from the typed config, made where keywords are splatted into a
+    module, dataset or visualiser (modules/networks.py, run.py) or a config is written to a file."""
+    return dataclasses.asdict(section)
+
+
+def model_params_from_dict(data: Dict[str, Any], source: str = '<model_params>') -> ModelParams:
+    """A checked ModelParams from the `model_params` dict of the original's layout."""
+    return _build(ModelParams, data, 'model_params.', source)
 
 
 def config_from_dict(data: Dict[str, Any], source: str = '<config>', mode: Optional[str] = None) -> Config:

@@ -79,16 +79,15 @@ def load_networks(config=None, checkpoint_path: Optional[str] = None):
     (no random initialisation that the weights would overwrite); without one they are random.
     Errors: config.ConfigError (names the file/key), checkpoint.CheckpointError (names the file
     and the first tensor that does not fit)."""
-    from modules.model import build_networks
+    from modules.networks import build_networks
 
     state = read_checkpoint(checkpoint_path) if checkpoint_path is not None else None
     config = resolve_config(config, state, checkpoint_path or '')
-    model_params = config.to_dict()['model_params']
     if state is None:
-        generator, kp_detector, _ = build_networks(model_params, discriminator=False)
+        generator, kp_detector, _ = build_networks(config.model_params, discriminator=False)
     else:
         with torch.device('meta'):
-            generator, kp_detector, _ = build_networks(model_params, discriminator=False)
+            generator, kp_detector, _ = build_networks(config.model_params, discriminator=False)
         load_checkpoint(checkpoint_path, generator=generator, kp_detector=kp_detector, assign=True, state=state)
     return generator.eval(), kp_detector.eval(), config
 

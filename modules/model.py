@@ -369,17 +369,3 @@ class DiscriminatorFullModel(_TrainingModel):
             value = (1 - maps_real[key].float()) ** 2 + maps_generated[key].float() ** 2
             value_total += self.loss_weights['discriminator_gan'] * value.mean()
         return {'disc_gan': value_total}
-
-
-def build_networks(model_params: dict, discriminator: bool = True):
-    """(generator, kp_detector, discriminator) from the `model_params` section of a config dict;
-    `discriminator=False` skips building it (inference) and returns None in its place."""
-    from modules.discriminator import MultiScaleDiscriminator
-    from modules.generator import OcclusionAwareGenerator
-    from modules.keypoint_detector import KPDetector
-
-    common = model_params['common_params']
-    generator = OcclusionAwareGenerator(**model_params['generator_params'], **common)
-    kp_detector = KPDetector(**model_params['kp_detector_params'], **common)
-    disc = MultiScaleDiscriminator(**model_params['discriminator_params'], **common) if discriminator else None
-    return generator, kp_detector, disc

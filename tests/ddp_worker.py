@@ -9,7 +9,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from core.config import load_config  # noqa: E402
 from frames_dataset import FramesDataset  # noqa: E402
-from modules.model import build_networks  # noqa: E402
+from modules.networks import build_networks  # noqa: E402
 from train import train  # noqa: E402
 
 

@@ -115,7 +115,8 @@ def test_training_step_in_reduced_precision(precision, seeded_torch_home, one_th
     every loss follows by an amount that depends on the CPU's bf16 kernels (AMX differs from
     AVX512-BF16). tests/test_model.py bounds the loss arithmetic itself on fixed inputs."""
     from core.config import load_config
-    from modules.model import DiscriminatorFullModel, GeneratorFullModel, build_networks
+    from modules.model import DiscriminatorFullModel, GeneratorFullModel
+    from modules.networks import build_networks
     from train import make_optimizers, train_step
 
     config = load_config(str(TINY))

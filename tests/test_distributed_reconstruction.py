@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from conftest import ROOT
-from modules.model import build_networks
+from modules.networks import build_networks
 from media.synthetic import write_dataset
 from media.video_io import open_video
 

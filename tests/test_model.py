@@ -14,7 +14,8 @@ from conftest import ROOT, shared_path
 from core.config import ConfigError, load_config
 from core.checkpoint import CheckpointError, read_checkpoint, save_atomic
 from logger import Logger
-from modules.model import DiscriminatorFullModel, GeneratorFullModel, Transform, build_networks
+from modules.model import DiscriminatorFullModel, GeneratorFullModel, Transform
+from modules.networks import build_networks
 from modules.util import make_coordinate_grid
 
 PUBLISHED = ['vox-256', 'vox-adv-256', 'taichi-256', 'taichi-adv-256', 'bair-256', 'mgif-256', 'fashion-256',

@@ -7,7 +7,8 @@ import torch
 
 from conftest import ROOT
 from core.config import load_config
-from modules.model import GeneratorFullModel, build_networks
+from modules.model import GeneratorFullModel
+from modules.networks import build_networks
 from modules.util import coordinate_grid, make_coordinate_grid
 from train import (StepOptions, keep_fused, make_optimizers, place_networks, prepare_step, step_options, to_device,
                    train_step)

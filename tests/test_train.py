@@ -164,7 +164,7 @@ def test_a_signal_mid_epoch_leaves_a_loadable_checkpoint(tmp_path, shapes, seede
     state = read_checkpoint(str(ckpt))
     assert state['epoch'] == -1  # epoch 0 was not finished: resuming starts it again
     assert not list((run_dir / 'checkpoints').glob('*.tmp'))
-    from modules.model import build_networks
+    from modules.networks import build_networks
     gen, kp, disc = build_networks(load_config(cfg).to_dict()['model_params'])
     from logger import Logger
     assert Logger.load_cpk(str(ckpt), generator=gen, kp_detector=kp, discriminator=disc) == -1
