@@ -25,6 +25,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from core.cli import HelpFormatter, interrupted, one_line_warnings, report
+from media.formats import VIDEO_INPUTS, VIDEO_OUTPUTS, listing
 from media.images import FITS, MediaError, read_image
 from media.outputs import OutputError, check_outputs, exit_on_sigterm
 from engine.smoothing import add_smoothing_flags, smoother_from_flags
@@ -78,9 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--checkpoint', default='vox-cpk.pth.tar', help='weights (.pth.tar) that fit the config')
     p.add_argument('--source_image', default='sup-mat/source.png', help='the image to animate')
     p.add_argument('--driving_video', default='driving.mp4',
-                   help='the video whose motion is transferred (.mp4/.mov/.mkv/.avi/.webm, .gif, a frame folder)')
+                   help='the video whose motion is transferred (%s, or a folder of frames)' % listing(VIDEO_INPUTS))
     p.add_argument('--result_video', default='result.mp4',
-                   help='output: .mp4/.mov/.mkv/.avi video, .gif, or .png (a folder of frames)')
+                   help='output: %s (.png: a folder of frames)' % listing(VIDEO_OUTPUTS))
     p.add_argument('--relative', action='store_true',
                    help='relative motion: move the source keypoints by the driving keypoints\' displacement '
                         'from the initial driving frame (use this for a source that differs from the driving '
@@ -147,7 +148,7 @@ def photo_options(args: argparse.Namespace, fps: Optional[float] = None) -> Phot
 def check_args(args: argparse.Namespace) -> None:
     """Every check that needs no model: inputs that exist, known output formats, and the
     output-path rule (outputs.check_outputs), all before any work starts."""
-    from media.video_io import OUTPUT_FORMATS
+    from media.formats import output_format
 
     if args.adapt_scale and not args.relative:
         print('%s: note: --adapt_scale has no effect without --relative' % PROG, file=sys.stderr)
@@ -159,12 +160,9 @@ def check_args(args: argparse.Namespace) -> None:
         if path is not None and not os.path.exists(path):
             raise UserError('%s: file not found: %s' % (flag, path))
     outputs = {'--result_video': args.result_video, '--preview': args.preview}
-    for flag, path in outputs.items():
-        if path is not None and os.path.splitext(path)[1].lower() not in OUTPUT_FORMATS:
-            raise UserError('%s: %s: unknown format %r (use .mp4, .mov, .mkv, .avi, .gif or .png)'
-                            % (flag, path, os.path.splitext(path)[1]))
+    kinds = {flag: output_format(path, flag).writes_as for flag, path in outputs.items() if path is not None}
     check_outputs(outputs, inputs, overwrite=args.overwrite,
-                  folder_ok=[f for f, p in outputs.items() if p and p.lower().endswith('.png')])
+                  folder_ok=[flag for flag, kind in kinds.items() if kind == 'frames'])
 
 
 def make_landmarker(args: argparse.Namespace):

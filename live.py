@@ -25,6 +25,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import numpy as np
 
 from core import cli
+from media.formats import VIDEO_OUTPUTS, listing
 from media.images import FITS, MediaError, fit, read_image, resize
 from engine.smoothing import add_smoothing_flags, smoother_from_flags
 from engine.torch_engine import AnimationEngine
@@ -194,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     given.add_argument('--camera', type=int, default=None, help='camera index (OpenCV); with neither --camera nor --video: 0')
     given.add_argument('--video', default=None, help='a video file standing in for the camera')
     p.add_argument('--headless', action='store_true', help='no virtual camera: write the frames to --output')
-    p.add_argument('--output', default=None, help='with --headless: the video to write (.mp4, .mov, .mkv, .avi, .gif)')
+    p.add_argument('--output', default=None, help='with --headless: the video to write (%s)'
+                   % listing([s for s in VIDEO_OUTPUTS if s != '.png']))
     p.add_argument('--overwrite', action='store_true', help='replace an existing --output this tool did not write')
     p.add_argument('--fit', choices=FITS, default='crop',
                    help='how camera frames reach the model\'s size (crop: centre square, no distortion)')
@@ -214,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     """Every check that needs no model, before any work starts (the output-path rule included)."""
-    from media.video_io import OUTPUT_FORMATS
+    from media.formats import output_format
 
     Keys(args.keys)  # a typo in the script fails here, before the model loads
     if args.headless and not args.output:
@@ -236,8 +238,7 @@ def check_args(args: argparse.Namespace) -> None:
         if path is not None and not os.path.exists(path):
             raise UserError('%s: file not found: %s' % (flag.split()[0], path))
     if args.output:
-        if os.path.splitext(args.output)[1].lower() not in OUTPUT_FORMATS or args.output.lower().endswith('.png'):
-            raise UserError('--output: %s: unknown format (use .mp4, .mov, .mkv, .avi or .gif)' % args.output)
+        output_format(args.output, '--output', [s for s in VIDEO_OUTPUTS if s != '.png'])  # a stream: no frame folder
         check_outputs({'--output': args.output}, inputs, overwrite=args.overwrite)
 
 

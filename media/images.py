@@ -24,8 +24,10 @@ from typing import Sequence, Tuple
 
 import numpy as np
 
+from media.formats import IMAGE_INPUTS
+
 FITS = ('resize', 'crop', 'none')
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
+IMAGE_EXTENSIONS = IMAGE_INPUTS  # media/formats.py: the one table of formats
 MAX_PIXELS_ENV = 'FOMM_MAX_PIXELS'
 DEFAULT_MAX_PIXELS = 64_000_000  # a 48 MP phone photo and an 8K frame pass; ~200 MB as uint8
 

@@ -30,11 +30,12 @@ import subprocess
 import time
 from typing import Dict, Iterable, Optional
 
+from media.formats import FORMATS, REPORTS_BESIDE, suffix_of
+
 MARK = 'First Order Motion Model (fomm)'  # the comment tag of every video/GIF this project writes
 FRAMES_MARKER = '.fomm-frames'  # in every folder of frames this project writes
 TEMP_PREFIX = '.fomm-tmp-'  # every temporary file or folder this project writes starts with this
 FRAME_NAME = re.compile(r'^\d{6}\.png$')
-VIDEO_SUFFIXES = ('.mp4', '.m4v', '.mov', '.mkv', '.avi')
 
 
 class OutputError(ValueError):
@@ -46,23 +47,23 @@ def is_ours(path: str) -> bool:
     """Whether the existing file or folder at `path` was written by this project."""
     if os.path.isdir(path):
         return os.path.isfile(os.path.join(path, FRAMES_MARKER))
-    ext = os.path.splitext(path)[1].lower()
+    fmt = FORMATS.get(suffix_of(path))
+    marked_by = fmt.marked_by if fmt is not None else None  # media/formats.py: how each format is marked
     try:
-        if ext in VIDEO_SUFFIXES:
+        if marked_by == 'comment':
             return MARK in _container_comment(path)
-        if ext == '.gif':
+        if marked_by == 'gif-comment':
             from PIL import Image
             with Image.open(path) as im:
                 comment = im.info.get('comment', b'')
             return MARK in (comment.decode('utf-8', 'replace') if isinstance(comment, bytes) else str(comment))
-        if ext == '.json':
+        if marked_by == 'json':
             import json
             with open(path) as f:
                 return json.load(f).get('written_by') == MARK
-        if ext == '.onnx' or ext == '.csv':
-            # written beside a manifest.json / metrics.json of ours
+        if marked_by == 'report-beside':
             folder = os.path.dirname(os.path.abspath(path))
-            return any(is_ours(os.path.join(folder, name)) for name in ('manifest.json', 'metrics.json')
+            return any(is_ours(os.path.join(folder, name)) for name in REPORTS_BESIDE
                        if os.path.isfile(os.path.join(folder, name)))
     except (OSError, ValueError, AttributeError):
         return False

@@ -39,16 +39,16 @@ from typing import Iterable, Iterator, Optional, Sequence, Union
 import cv2
 import numpy as np
 
+from media.formats import CONTAINERS, FORMATS, MUXERS, VIDEO_INPUTS, VIDEO_OUTPUTS, listing, suffix_of
 from media.images import IMAGE_EXTENSIONS, MediaError, image_size, one_line, read_image, resize, to_uint8
 from media.outputs import FRAMES_MARKER, MARK, commit, temp_path
 
 PathLike = Union[str, os.PathLike]
 
-FFMPEG_VIDEO_EXTENSIONS = ('.mp4', '.mov', '.avi', '.mkv', '.webm', '.m4v')
-VIDEO_EXTENSIONS = FFMPEG_VIDEO_EXTENSIONS + ('.gif',)
-# ffmpeg muxer per output suffix (the temporary file name must not decide the format).
-MUXERS = {'.mp4': 'mp4', '.m4v': 'mp4', '.mov': 'mov', '.mkv': 'matroska', '.avi': 'avi'}
-OUTPUT_FORMATS = tuple(MUXERS) + ('.gif', '.png')  # '.png': a folder of numbered PNG frames
+# the suffixes of media/formats.py's table, under the names this module has always had
+FFMPEG_VIDEO_EXTENSIONS = CONTAINERS
+VIDEO_EXTENSIONS = VIDEO_INPUTS
+OUTPUT_FORMATS = VIDEO_OUTPUTS  # '.png': a folder of numbered PNG frames
 
 # Counters for tests and benchmarks, per process: containers opened, decode runs (one per seek),
 # frames the decoder produced, non-reference frames it skipped on the way to a wanted one, and
@@ -598,16 +598,17 @@ def open_video(path: PathLike, frame_shape: Optional[Sequence[int]] = None,
     container video that holds or decodes fewer frames than it lists is used with a
     DamagedVideoWarning instead of refused (MediaError naming the file and both counts)."""
     p = Path(path)
-    ext = p.suffix.lower()
     if p.is_dir():
         return FolderSource(p)
     if not p.exists():
         raise MediaError('%s: not found' % p)
-    if ext == '.gif':
+    ext = suffix_of(p)
+    reads_as = FORMATS[ext].reads_as if ext in FORMATS else None
+    if reads_as == 'gif':
         return GifSource(p)
-    if ext in FFMPEG_VIDEO_EXTENSIONS:
+    if reads_as == 'video':
         return ContainerSource(p, allow_damaged)
-    if ext in IMAGE_EXTENSIONS:
+    if reads_as == 'image':
         return StripSource(p, tuple(frame_shape[:2]) if frame_shape else None)
     raise MediaError('%s: unknown media type %r (expected one of %s, an image strip or a folder '
                      'of frames)' % (p, ext, ', '.join(VIDEO_EXTENSIONS)))
@@ -701,19 +702,19 @@ class VideoWriter:
         fmt = (fmt or self.path.suffix or '').lower()
         if fmt and not fmt.startswith('.'):
             fmt = '.' + fmt
-        if fmt not in MUXERS and fmt not in ('.gif', '.png'):
-            raise ValueError('%s: unknown video format %r (use .mp4, .mov, .mkv, .avi, .gif or .png)'
-                             % (self.path, fmt))
+        if fmt not in VIDEO_OUTPUTS:
+            raise ValueError('%s: unknown video format %r (use %s)' % (self.path, fmt, listing(VIDEO_OUTPUTS)))
+        self.kind = FORMATS[fmt].writes_as  # 'video' (ffmpeg), 'gif' or 'frames'
         self.fmt, self.crf, self.preset, self.codec, self.gop = fmt, crf, preset, codec, gop
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = Path(temp_path(str(self.path), '' if fmt == '.png' else fmt))
+        self._tmp = Path(temp_path(str(self.path), '' if self.kind == 'frames' else fmt))
         self._proc = None
         self._errf = None
         self._gif = []
         self._size = None  # (H, W) of the first frame
         self.frames_written = 0
         self._closed = False
-        if fmt == '.png':
+        if self.kind == 'frames':
             if self._tmp.exists():
                 shutil.rmtree(self._tmp)
             self._tmp.mkdir()
@@ -758,13 +759,13 @@ class VideoWriter:
         batch = _as_uint8_batch(frames)
         if self._size is None:
             self._size = batch.shape[1:3]
-            if self.fmt in MUXERS:
+            if self.kind == 'video':
                 self._start_ffmpeg(*self._size)
         if batch.shape[1:3] != self._size:
             self.abort()
             raise ValueError('%s: frame size %s differs from the first frame %s'
                              % (self.path, tuple(batch.shape[1:3]), tuple(self._size)))
-        if self.fmt in MUXERS:
+        if self.kind == 'video':
             h, w = self._size
             if h % 2 or w % 2:
                 batch = np.pad(batch, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode='edge')
@@ -774,7 +775,7 @@ class VideoWriter:
                 msg = self._ffmpeg_error()
                 self.abort()
                 raise MediaError('%s: ffmpeg stopped while writing (%s)' % (self.path, msg)) from None
-        elif self.fmt == '.gif':
+        elif self.kind == 'gif':
             self._gif.extend(batch.copy())
         else:  # png folder
             for f in batch:
@@ -794,12 +795,12 @@ class VideoWriter:
             self.abort()
             raise ValueError('%s: no frames were written' % self.path)
         try:
-            if self.fmt in MUXERS:
+            if self.kind == 'video':
                 self._proc.stdin.close()
                 rc = self._proc.wait()
                 if rc != 0:
                     raise MediaError('%s: ffmpeg failed (%s)' % (self.path, self._ffmpeg_error()))
-            elif self.fmt == '.gif':
+            elif self.kind == 'gif':
                 from PIL import Image
                 images = [Image.fromarray(f) for f in self._gif]
                 images[0].save(self._tmp, format='GIF', save_all=True, append_images=images[1:],
@@ -869,9 +870,8 @@ def copy_audio(src_video: PathLike, dst_video: PathLike) -> bool:
     src, dst = Path(src_video), Path(dst_video)
     if not src.is_file():
         raise MediaError('%s: audio source not found' % src)
-    if not dst.is_file() or dst.suffix.lower() not in MUXERS:
-        raise MediaError('%s: can only add audio to an existing %s file'
-                         % (dst, '/'.join(sorted(MUXERS))))
+    if not dst.is_file() or suffix_of(dst) not in MUXERS:
+        raise MediaError('%s: can only add audio to an existing %s file' % (dst, '/'.join(MUXERS)))
     if not has_audio(src):
         return False
     tmp = Path(temp_path(str(dst), '.audio' + dst.suffix))
