@@ -78,3 +78,64 @@ def test_grid_sample_runs_in_float32_under_autocast(monkeypatch, seeded_torch_ho
     with torch.no_grad():
         full(tiny_batch())
     assert seen and all(s == (torch.float32, torch.float32, False) for s in seen)
+
+
+# --------------------------------------------------------------- 3. precision by compute capability
+@pytest.fixture
+def fake_gpus(monkeypatch):
+    """Two CUDA devices as torch.cuda reports them: cuda:0 an A100 (8.0), cuda:1 a T4 (7.5). Like
+    a real T4, is_bf16_supported() says True (bf16 is emulated there)."""
+    capability = {0: (8, 0), 1: (7, 5)}
+    current = {'index': 0}
+    calls = []
+
+    def index_of(device=None):
+        if device is None:
+            return current['index']
+        if isinstance(device, int):
+            return device
+        device = torch.device(device)
+        return current['index'] if device.index is None else device.index
+
+    def set_device(device):
+        calls.append(device)
+        current['index'] = index_of(device)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    monkeypatch.setattr(torch.cuda, 'current_device', lambda: current['index'])
+    monkeypatch.setattr(torch.cuda, 'set_device', set_device)
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: capability[index_of(device)])
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda *a, **k: True)
+    return calls
+
+
+def test_auto_precision_follows_the_chosen_gpus_capability(fake_gpus):
+    """bf16 needs compute capability >= 8.0 (Ampere); below it (T4, V100) auto is fp16, for
+    training (with a GradScaler) and inference alike; asked of the chosen device, not the current."""
+    assert runtime.resolve_precision('auto', torch.device('cuda', 0)) == 'bf16'
+    assert runtime.resolve_precision('auto', torch.device('cuda', 1)) == 'fp16'
+    assert runtime.resolve_precision('auto', torch.device('cuda')) == 'bf16'  # the current device: 0
+    with pytest.warns(UserWarning, match='--precision: bf16 .*cuda:1.* 7.5'):
+        assert runtime.resolve_precision('bf16', torch.device('cuda', 1)) == 'bf16'  # asked for: kept
+
+
+# ------------------------------------------------------------------------------ 5. device indices
+def test_cuda_n_becomes_the_current_device(fake_gpus):
+    """--device cuda:N makes N the current CUDA device: kernels, streams, NCCL, cuDNN handles and
+    index-less calls (torch.cuda.synchronize(), memory statistics) go to the GPU the user named."""
+    device = runtime.resolve_device('cuda:1')
+    assert device == torch.device('cuda', 1)
+    assert [torch.device('cuda', d) if isinstance(d, int) else torch.device(d) for d in fake_gpus] == [device]
+    assert torch.cuda.current_device() == 1
+    assert runtime.resolve_precision('auto', torch.device('cuda')) == 'fp16'  # now asks cuda:1
+    with pytest.raises(ValueError, match='--device: cuda:2 .* 2 CUDA'):
+        runtime.resolve_device('cuda:2')
+
+
+def test_run_py_resolves_cuda_n_through_the_runtime(fake_gpus):
+    """run.py (single process): --device cuda:1 selects GPU 1 (demo.py, live.py and app.py go
+    through the same runtime.resolve_device, in their engines)."""
+    import run
+    args = run.build_parser().parse_args(['--config', str(TINY), '--device', 'cuda:1'])
+    assert run.setup_device(args, False, 0) == torch.device('cuda', 1)
+    assert torch.cuda.current_device() == 1
