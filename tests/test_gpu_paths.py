@@ -297,3 +297,38 @@ def test_training_calls_no_scheduler_before_its_optimizer(tmp_path, shapes, seed
     for name in ('optimizer_generator', 'optimizer_kp_detector', 'optimizer_discriminator'):
         assert state[name]['param_groups'][0]['lr'] == pytest.approx(2e-5), name  # past the milestone
     assert 'grad_scaler' not in state  # fp32: no GradScaler, the original layout
+
+
+# ---------------------------------------------------------------- 6. workers and process groups
+def test_default_workers_are_shared_by_the_processes_of_a_machine(monkeypatch):
+    """8 processes on a 16-CPU machine (torchrun sets LOCAL_WORLD_SIZE) share its CPUs: one
+    worker each, not 8 each (64 workers and their memory)."""
+    import frames_dataset
+    monkeypatch.setattr(frames_dataset, 'cpu_count', lambda: 16)
+    monkeypatch.delenv('LOCAL_WORLD_SIZE', raising=False)
+    assert frames_dataset.default_num_workers() == 8
+    monkeypatch.setenv('LOCAL_WORLD_SIZE', '8')
+    assert frames_dataset.default_num_workers() == 1
+    monkeypatch.setenv('LOCAL_WORLD_SIZE', '2')
+    assert frames_dataset.default_num_workers() == 7
+    monkeypatch.setenv('LOCAL_WORLD_SIZE', '32')
+    assert frames_dataset.default_num_workers() == 0
+
+
+@pytest.mark.parametrize('mode', ['train', 'reconstruction', 'animate'])
+def test_evaluation_process_group_waits_for_uneven_shares(monkeypatch, mode):
+    """Under torchrun, reconstruction and animate gather results once every rank is done: with
+    videos of uneven lengths one rank may wait far longer than NCCL's 10-minute default timeout.
+    Evaluation gets a longer one; training keeps the default (a hang there is reported sooner)."""
+    import datetime
+
+    import run
+    seen = {}
+    monkeypatch.setattr(torch.distributed, 'init_process_group', lambda **kwargs: seen.update(kwargs))
+    args = run.build_parser().parse_args(['--config', str(TINY), '--mode', mode, '--device', 'cpu'])
+    assert run.setup_device(args, True, 0) == CPU
+    assert seen['backend'] == 'gloo'
+    if mode == 'train':
+        assert seen.get('timeout') is None
+    else:
+        assert seen['timeout'] >= datetime.timedelta(hours=1)
