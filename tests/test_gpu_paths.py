@@ -51,96 +51,6 @@ def tiny_batch(seed: int = 1) -> dict:
     return {'source': torch.rand(2, 3, 64, 64, generator=g), 'driving': torch.rand(2, 3, 64, 64, generator=g)}
 
 
-# ---------------------------------------------------------------------- 4. grid_sample in float32
-def test_grid_sample_runs_in_float32_under_autocast(monkeypatch, seeded_torch_home, one_thread):
-    """Sampling coordinates want float32: the warps (dense motion, the generator's warp, the
-    equivariance transform) call grid_sample with a float32 input and grid under bf16 autocast.
-    (CUDA autocast runs grid_sample in the inputs' dtype; CPU autocast in float32. Either way
-    the call must see float32, which this checks on the CPU.)"""
-    seen = []
-    original = F.grid_sample
-
-    def spy(inp, grid, *args, **kwargs):
-        seen.append((inp.dtype, grid.dtype, torch.is_autocast_enabled('cpu')))
-        return original(inp, grid, *args, **kwargs)
-    monkeypatch.setattr(torch.nn.functional, 'grid_sample', spy)
-    config = load_config(str(TINY), mode='train')
-    torch.manual_seed(0)
-    generator, kp_detector, discriminator = build_networks(config.to_dict()['model_params'])
-    full = GeneratorFullModel(kp_detector, generator, discriminator, config.to_dict()['train_params'])
-    with torch.autocast('cpu', dtype=torch.bfloat16):
-        losses, generated = full(tiny_batch())
-    assert len(seen) >= 4  # dense motion, generator warp, transformed frame, ...
-    assert all(inp == torch.float32 and grid == torch.float32 for inp, grid, _ in seen), seen
-    assert all(torch.isfinite(v).all() for v in losses.values())
-    # outside autocast, in float32, the call is F.grid_sample itself (the equivalence test holds)
-    seen.clear()
-    with torch.no_grad():
-        full(tiny_batch())
-    assert seen and all(s == (torch.float32, torch.float32, False) for s in seen)
-
-
-# --------------------------------------------------------------- 3. precision by compute capability
-@pytest.fixture
-def fake_gpus(monkeypatch):
-    """Two CUDA devices as torch.cuda reports them: cuda:0 an A100 (8.0), cuda:1 a T4 (7.5). Like
-    a real T4, is_bf16_supported() says True (bf16 is emulated there)."""
-    capability = {0: (8, 0), 1: (7, 5)}
-    current = {'index': 0}
-    calls = []
-
-    def index_of(device=None):
-        if device is None:
-            return current['index']
-        if isinstance(device, int):
-            return device
-        device = torch.device(device)
-        return current['index'] if device.index is None else device.index
-
-    def set_device(device):
-        calls.append(device)
-        current['index'] = index_of(device)
-    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
-    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
-    monkeypatch.setattr(torch.cuda, 'current_device', lambda: current['index'])
-    monkeypatch.setattr(torch.cuda, 'set_device', set_device)
-    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: capability[index_of(device)])
-    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda *a, **k: True)
-    return calls
-
-
-def test_auto_precision_follows_the_chosen_gpus_capability(fake_gpus):
-    """bf16 needs compute capability >= 8.0 (Ampere); below it (T4, V100) auto is fp16, for
-    training (with a GradScaler) and inference alike; asked of the chosen device, not the current."""
-    assert runtime.resolve_precision('auto', torch.device('cuda', 0)) == 'bf16'
-    assert runtime.resolve_precision('auto', torch.device('cuda', 1)) == 'fp16'
-    assert runtime.resolve_precision('auto', torch.device('cuda')) == 'bf16'  # the current device: 0
-    with pytest.warns(UserWarning, match='--precision: bf16 .*cuda:1.* 7.5'):
-        assert runtime.resolve_precision('bf16', torch.device('cuda', 1)) == 'bf16'  # asked for: kept
-
-
-# ------------------------------------------------------------------------------ 5. device indices
-def test_cuda_n_becomes_the_current_device(fake_gpus):
-    """--device cuda:N makes N the current CUDA device: kernels, streams, NCCL, cuDNN handles and
-    index-less calls (torch.cuda.synchronize(), memory statistics) go to the GPU the user named."""
-    device = runtime.resolve_device('cuda:1')
-    assert device == torch.device('cuda', 1)
-    assert [torch.device('cuda', d) if isinstance(d, int) else torch.device(d) for d in fake_gpus] == [device]
-    assert torch.cuda.current_device() == 1
-    assert runtime.resolve_precision('auto', torch.device('cuda')) == 'fp16'  # now asks cuda:1
-    with pytest.raises(ValueError, match='--device: cuda:2 .* 2 CUDA'):
-        runtime.resolve_device('cuda:2')
-
-
-def test_run_py_resolves_cuda_n_through_the_runtime(fake_gpus):
-    """run.py (single process): --device cuda:1 selects GPU 1 (demo.py, live.py and app.py go
-    through the same runtime.resolve_device, in their engines)."""
-    import run
-    args = run.build_parser().parse_args(['--config', str(TINY), '--device', 'cuda:1'])
-    assert run.setup_device(args, False, 0) == torch.device('cuda', 1)
-    assert torch.cuda.current_device() == 1
-
-
 # ------------------------------------------------------------- 1. resumed Adam states and layouts
 def contiguous_checkpoint(config, path) -> dict:
     """A checkpoint as every published one (and any fp32 run on CUDA): default-layout networks,
@@ -240,6 +150,96 @@ def test_ranks_stop_together(tmp_path, shapes, seeded_torch_home, case):
         assert read_checkpoint(str(tmp_path / 'run' / 'checkpoints' / 'checkpoint.pth.tar'))['epoch'] == -1
 
 
+# --------------------------------------------------------------- 3. precision by compute capability
+@pytest.fixture
+def fake_gpus(monkeypatch):
+    """Two CUDA devices as torch.cuda reports them: cuda:0 an A100 (8.0), cuda:1 a T4 (7.5). Like
+    a real T4, is_bf16_supported() says True (bf16 is emulated there)."""
+    capability = {0: (8, 0), 1: (7, 5)}
+    current = {'index': 0}
+    calls = []
+
+    def index_of(device=None):
+        if device is None:
+            return current['index']
+        if isinstance(device, int):
+            return device
+        device = torch.device(device)
+        return current['index'] if device.index is None else device.index
+
+    def set_device(device):
+        calls.append(device)
+        current['index'] = index_of(device)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    monkeypatch.setattr(torch.cuda, 'current_device', lambda: current['index'])
+    monkeypatch.setattr(torch.cuda, 'set_device', set_device)
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: capability[index_of(device)])
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda *a, **k: True)
+    return calls
+
+
+def test_auto_precision_follows_the_chosen_gpus_capability(fake_gpus):
+    """bf16 needs compute capability >= 8.0 (Ampere); below it (T4, V100) auto is fp16, for
+    training (with a GradScaler) and inference alike; asked of the chosen device, not the current."""
+    assert runtime.resolve_precision('auto', torch.device('cuda', 0)) == 'bf16'
+    assert runtime.resolve_precision('auto', torch.device('cuda', 1)) == 'fp16'
+    assert runtime.resolve_precision('auto', torch.device('cuda')) == 'bf16'  # the current device: 0
+    with pytest.warns(UserWarning, match='--precision: bf16 .*cuda:1.* 7.5'):
+        assert runtime.resolve_precision('bf16', torch.device('cuda', 1)) == 'bf16'  # asked for: kept
+
+
+# ------------------------------------------------------------------------------ 5. device indices
+def test_cuda_n_becomes_the_current_device(fake_gpus):
+    """--device cuda:N makes N the current CUDA device: kernels, streams, NCCL, cuDNN handles and
+    index-less calls (torch.cuda.synchronize(), memory statistics) go to the GPU the user named."""
+    device = runtime.resolve_device('cuda:1')
+    assert device == torch.device('cuda', 1)
+    assert [torch.device('cuda', d) if isinstance(d, int) else torch.device(d) for d in fake_gpus] == [device]
+    assert torch.cuda.current_device() == 1
+    assert runtime.resolve_precision('auto', torch.device('cuda')) == 'fp16'  # now asks cuda:1
+    with pytest.raises(ValueError, match='--device: cuda:2 .* 2 CUDA'):
+        runtime.resolve_device('cuda:2')
+
+
+def test_run_py_resolves_cuda_n_through_the_runtime(fake_gpus):
+    """run.py (single process): --device cuda:1 selects GPU 1 (demo.py, live.py and app.py go
+    through the same runtime.resolve_device, in their engines)."""
+    import run
+    args = run.build_parser().parse_args(['--config', str(TINY), '--device', 'cuda:1'])
+    assert run.setup_device(args, False, 0) == torch.device('cuda', 1)
+    assert torch.cuda.current_device() == 1
+
+
+# ---------------------------------------------------------------------- 4. grid_sample in float32
+def test_grid_sample_runs_in_float32_under_autocast(monkeypatch, seeded_torch_home, one_thread):
+    """Sampling coordinates want float32: the warps (dense motion, the generator's warp, the
+    equivariance transform) call grid_sample with a float32 input and grid under bf16 autocast.
+    (CUDA autocast runs grid_sample in the inputs' dtype; CPU autocast in float32. Either way
+    the call must see float32, which this checks on the CPU.)"""
+    seen = []
+    original = F.grid_sample
+
+    def spy(inp, grid, *args, **kwargs):
+        seen.append((inp.dtype, grid.dtype, torch.is_autocast_enabled('cpu')))
+        return original(inp, grid, *args, **kwargs)
+    monkeypatch.setattr(torch.nn.functional, 'grid_sample', spy)
+    config = load_config(str(TINY), mode='train')
+    torch.manual_seed(0)
+    generator, kp_detector, discriminator = build_networks(config.to_dict()['model_params'])
+    full = GeneratorFullModel(kp_detector, generator, discriminator, config.to_dict()['train_params'])
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        losses, generated = full(tiny_batch())
+    assert len(seen) >= 4  # dense motion, generator warp, transformed frame, ...
+    assert all(inp == torch.float32 and grid == torch.float32 for inp, grid, _ in seen), seen
+    assert all(torch.isfinite(v).all() for v in losses.values())
+    # outside autocast, in float32, the call is F.grid_sample itself (the equivalence test holds)
+    seen.clear()
+    with torch.no_grad():
+        full(tiny_batch())
+    assert seen and all(s == (torch.float32, torch.float32, False) for s in seen)
+
+
 # ---------------------------------------------------------------------- 6. the fp16 GradScaler
 def test_fp16_grad_scaler_state_is_saved_and_restored(tmp_path, shapes, seeded_torch_home, one_thread):
     """An fp16 run saves its GradScaler (scale, growth tracker) with each checkpoint and a resumed
@@ -332,3 +332,58 @@ def test_evaluation_process_group_waits_for_uneven_shares(monkeypatch, mode):
         assert seen.get('timeout') is None
     else:
         assert seen['timeout'] >= datetime.timedelta(hours=1)
+
+
+# ------------------------------------------------------- 6. the fp16 export on the CUDA provider
+@pytest.fixture
+def tiny_export_networks():
+    pytest.importorskip('onnxruntime', reason='needs onnxruntime (pip install -r requirements-onnx.txt)')
+    from engine.torch_engine import load_networks
+    torch.manual_seed(0)
+    return load_networks(str(TINY))
+
+
+def test_fp16_export_is_checked_on_the_cuda_provider_when_there(tmp_path, monkeypatch, tiny_export_networks,
+                                                                one_thread):
+    """A float16 graph is meant for GPU runtimes: where onnxruntime has the CUDA provider, export.py
+    --fp16 also runs each graph there, and a session whose first provider is not CUDA (onnxruntime
+    falls back to the CPU silently, e.g. without cuDNN) fails the export. Here the CUDA provider is
+    reported but absent, so the session falls back: the export must refuse, naming it."""
+    import onnxruntime as ort
+
+    import export
+    generator, kp_detector, config = tiny_export_networks
+    real = ort.get_available_providers()
+    monkeypatch.setattr(ort, 'get_available_providers', lambda: ['CUDAExecutionProvider'] + real)
+    with pytest.raises(export.ExportFailed, match='CUDAExecutionProvider.*CPUExecutionProvider'):
+        export.export_model(generator, kp_detector, config, str(tmp_path / 'fp16'), fp16=True, threads=1)
+    assert not (tmp_path / 'fp16' / 'manifest.json').exists()
+    # float32 graphs are checked where torch's are: on the CPU provider only
+    manifest = export.export_model(generator, kp_detector, config, str(tmp_path / 'fp32'), threads=1)
+    assert manifest['check']['providers'] == ['CPUExecutionProvider']
+
+
+def test_fp16_export_check_covers_both_providers(tmp_path, monkeypatch, tiny_export_networks, one_thread):
+    """With a CUDA provider that loads (a stand-in session here: onnxruntime's CPU one, reporting
+    CUDA first), the fp16 check runs each graph on both providers and records the larger difference."""
+    import onnxruntime as ort
+
+    import export
+    generator, kp_detector, config = tiny_export_networks
+    real_session, real = ort.InferenceSession, ort.get_available_providers()
+    asked = []
+
+    class Session(real_session):
+        def __init__(self, path, options=None, providers=None, **kwargs):
+            asked.append(list(providers))
+            super().__init__(path, options, providers=['CPUExecutionProvider'])
+            self.cuda = providers[0] == 'CUDAExecutionProvider'
+
+        def get_providers(self):
+            return (['CUDAExecutionProvider'] if self.cuda else []) + super().get_providers()
+    monkeypatch.setattr(ort, 'get_available_providers', lambda: ['CUDAExecutionProvider'] + real)
+    monkeypatch.setattr(ort, 'InferenceSession', Session)
+    manifest = export.export_model(generator, kp_detector, config, str(tmp_path), fp16=True, threads=1)
+    assert manifest['check']['providers'] == ['CPUExecutionProvider', 'CUDAExecutionProvider']
+    assert sum(1 for p in asked if p[0] == 'CUDAExecutionProvider') == 3  # each graph
+    assert 0 < max(manifest['check']['max_abs_diff'].values()) <= export.TOLERANCE['fp16']
