@@ -46,6 +46,7 @@ def cpu_has_native_bf16() -> bool:
 
 
 BF16_MIN_CAPABILITY = (8, 0)  # Ampere: bf16 tensor cores; below (T4 7.5, V100 7.0) bf16 is emulated
+FP16_MIN_CAPABILITY = (7, 0)  # Volta: fp16 tensor cores; Pascal's GTX 10xx/P40 (6.1) run fp16 at 1/64 speed
 
 
 def cuda_capability(device: torch.device) -> tuple:
@@ -54,10 +55,11 @@ def cuda_capability(device: torch.device) -> tuple:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' -> on CUDA bf16 from compute capability 8.0 (Ampere) on, fp16 below it (training
-    adds a GradScaler); bf16 on a CPU with native bf16 (AVX512-BF16/AMX), fp32 elsewhere; the same
-    for training and inference (on such a CPU the vox-256 training step at 64x64 ran 1.9x faster
-    in bf16 with losses within 1% of fp32 over 50 steps, bench/bench_train.py).
+    """'auto' -> on CUDA bf16 from compute capability 8.0 (Ampere) on, fp16 from 7.0 (Volta,
+    Turing; training adds a GradScaler), fp32 below (no tensor cores); on a CPU bf16 where it is
+    native (AVX512-BF16/AMX), else fp32. The same for training and inference (on such a CPU the
+    vox-256 training step at 64x64 ran 1.9x faster in bf16 with losses within 1% of fp32 over 50
+    steps, bench/bench_train.py).
 
     The capability is that of `device` itself, not of the current GPU, and not
     torch.cuda.is_bf16_supported(), which says True on a T4 or V100 where bf16 is emulated.
@@ -68,11 +70,13 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         if precision == 'fp16' and device.type == 'cpu':
             raise ValueError('--precision: fp16 is for CUDA; on CPU use bf16 or fp32')
         if precision == 'bf16' and device.type == 'cuda' and cuda_capability(device) < BF16_MIN_CAPABILITY:
-            warnings.warn('--precision: bf16 on %s (compute capability %d.%d) is emulated and slow; fp16 is native '
-                          'there (--precision auto picks it)' % ((device,) + cuda_capability(device)))
+            warnings.warn('--precision: bf16 on %s (compute capability %d.%d) is emulated and slow; --precision auto '
+                          'picks %s there' % ((device,) + cuda_capability(device) + (resolve_precision('auto', device),)))
         return precision
     if device.type == 'cuda':
-        return 'bf16' if cuda_capability(device) >= BF16_MIN_CAPABILITY else 'fp16'
+        capability = cuda_capability(device)
+        return ('bf16' if capability >= BF16_MIN_CAPABILITY else
+                'fp16' if capability >= FP16_MIN_CAPABILITY else 'fp32')
     if device.type == 'cpu' and cpu_has_native_bf16():
         return 'bf16'
     return 'fp32'

@@ -75,6 +75,7 @@ def test_device_ids_relaunch_arguments():
 
 @pytest.mark.parametrize('capability, cpu_bf16, device, want', [
     ((8, 0), False, 'cuda', 'bf16'), ((7, 5), False, 'cuda', 'fp16'), ((9, 0), True, 'cuda', 'bf16'),
+    ((7, 0), False, 'cuda', 'fp16'), ((6, 1), False, 'cuda', 'fp32'),
     ((7, 0), True, 'cpu', 'bf16'), ((8, 0), False, 'cpu', 'fp32'), ((7, 0), False, 'cpu', 'fp32'),
 ])
 def test_resolve_precision_on_each_kind_of_machine(monkeypatch, capability, cpu_bf16, device, want):
