@@ -373,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='ONNX opset (>= 16: GridSample; >= 18 with --exporter dynamo)')
     p.add_argument('--fp16', action='store_true',
                    help='float16 weights and arithmetic inside the graphs (inputs and outputs stay float32): half '
-                        'the size, for GPU and mobile runtimes; onnxruntime\'s CPU provider gains no speed from it')
+                        'the size, for GPU and mobile runtimes; onnxruntime\'s CPU provider gains no speed from it. '
+                        'Checked on the CPU provider and, with onnxruntime-gpu installed, on CUDA too')
     p.add_argument('--exporter', choices=EXPORTERS, default='torchscript',
                    help='torch.onnx exporter: torchscript (fast, any opset >= 16) or dynamo (torch.export)')
     p.add_argument('--tolerance', type=float, default=None,
