@@ -175,7 +175,7 @@ class Checks:
         self.checkpoints[name] = saved[-1]
         figure = '%d steps, %.1f s with start-up; perceptual %.3f' % (steps, seconds, losses.get('perceptual', math.nan))
         if precision == 'fp16':
-            figure += '; %d updates applied, loss scale %g' % (adam_steps, state['grad_scaler']['scale'])
+            figure += '; %d updates applied, loss scale %s' % (adam_steps, (state.get('grad_scaler') or {}).get('scale'))
         return ('FAIL', '; '.join(problems)) if problems else ('pass', figure)
 
     def resume(self) -> tuple:
