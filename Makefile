@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install install-test demo test app
+.PHONY: install install-test demo test app gpu-check
 
 install:
 	$(PIP) install torch==2.13.0
@@ -26,3 +26,8 @@ test: install-test
 app: install
 	$(PIP) install -r requirements-app.txt
 	$(PYTHON) app.py
+
+# the CUDA paths (precisions, resume, DDP, torchrun, engine against the CPU, memory, export) in
+# under 10 minutes on one GPU; without CUDA it runs its CPU half (docs/gpu.md)
+gpu-check:
+	$(PYTHON) bench/gpu_check.py

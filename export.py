@@ -245,27 +245,53 @@ def convert_to_fp16(path: str) -> None:
     onnx.save(model, path)
 
 
-def run_graph(path: str, names: tuple, args: tuple, threads: int = 0) -> list:
+CUDA_PROVIDER = 'CUDAExecutionProvider'
+
+
+def check_providers(fp16: bool) -> list:
+    """The onnxruntime providers the written graphs are checked on: the CPU's always; for float16
+    graphs, which are meant for GPU runtimes, also CUDA's where this onnxruntime has it
+    (onnxruntime-gpu)."""
+    import onnxruntime as ort
+    providers = ['CPUExecutionProvider']
+    if fp16 and CUDA_PROVIDER in ort.get_available_providers():
+        providers.append(CUDA_PROVIDER)
+    return providers
+
+
+def run_graph(path: str, names: tuple, args: tuple, threads: int = 0, provider: str = 'CPUExecutionProvider',
+              what: str = 'graph') -> list:
+    """Run a graph in onnxruntime on `provider` (with the CPU's as fallback for nodes it lacks).
+    ExportFailed when the session's first provider is another one: onnxruntime falls back to the
+    CPU silently where the CUDA provider cannot load (e.g. no cuDNN), which would check nothing."""
     import onnxruntime as ort
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
-    session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+    providers = [provider] + (['CPUExecutionProvider'] if provider != 'CPUExecutionProvider' else [])
+    session = ort.InferenceSession(path, options, providers=providers)
+    if session.get_providers()[0] != provider:
+        raise ExportFailed('the %s graph: onnxruntime\'s %s did not load (the session runs on %s); install the '
+                           'CUDA and cuDNN libraries onnxruntime-gpu needs, or check on the CPU only with '
+                           'onnxruntime instead of onnxruntime-gpu' % (what, provider, session.get_providers()[0]))
     return session.run(None, {n: a.numpy() for n, a in zip(names[0], args)})
 
 
 @torch.no_grad()
 def check_graphs(paths: Dict[str, str], generator: nn.Module, kp_detector: nn.Module, names: dict, inputs: dict,
-                 threads: int = 0) -> tuple:
+                 threads: int = 0, providers: Sequence[str] = ('CPUExecutionProvider',)) -> tuple:
     """({role: max abs difference}, {role: output shapes}) between onnxruntime running each
-    written graph and the torch networks as they are (not fused, float32), on the same inputs."""
+    written graph and the torch networks as they are (not fused, float32), on the same inputs;
+    the difference is the largest over `providers`."""
     reference = build_graphs(generator, kp_detector, fuse=False)
     diffs, shapes = {}, {}
     for role in GRAPHS:
         expected = _as_tuple(reference[role](*inputs[role]))
-        got = run_graph(paths[role], names[role], inputs[role], threads)
-        diffs[role] = max(float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expected))
-        shapes[role] = dict(zip(names[role][1], (tuple(g.shape) for g in got)))
+        diffs[role] = 0.0
+        for provider in providers:
+            got = run_graph(paths[role], names[role], inputs[role], threads, provider, role)
+            diffs[role] = max([diffs[role]] + [float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expected)])
+            shapes[role] = dict(zip(names[role][1], (tuple(g.shape) for g in got)))
     return diffs, shapes
 
 
@@ -275,8 +301,9 @@ def export_model(generator: nn.Module, kp_detector: nn.Module, config, out: str,
     """Write the graphs and manifest.json of `generator` and `kp_detector` (eval mode, CPU) into
     `out` (the caller has checked the paths: outputs.check_outputs). Each graph goes to a temporary
     name and is run by onnxruntime against torch on random inputs at another batch size than the
-    traced one (ExportFailed beyond `tolerance`; default 1e-4 for fp32, 5e-2 for fp16); all are
-    renamed when all pass, the manifest last. Returns the manifest."""
+    traced one (ExportFailed beyond `tolerance`; default 1e-4 for fp32, 5e-2 for fp16), float16
+    graphs on CUDA too where onnxruntime-gpu is installed (check_providers); all are renamed when
+    all pass, the manifest last. Returns the manifest."""
     log = log or (lambda message: None)
     precision = 'fp16' if fp16 else 'fp32'
     tolerance = TOLERANCE[precision] if tolerance is None else tolerance
@@ -298,9 +325,11 @@ def export_model(generator: nn.Module, kp_detector: nn.Module, config, out: str,
             if fp16:
                 convert_to_fp16(temps[role])
         check_inputs = example_inputs(graphs, frame_shape, num_kp, jacobian, 1 if batch != 1 else 2, seed=1)
-        diffs, shapes = check_graphs(temps, generator, kp_detector, names, check_inputs, threads)
+        providers = check_providers(fp16)
+        diffs, shapes = check_graphs(temps, generator, kp_detector, names, check_inputs, threads, providers)
         for role in GRAPHS:
-            log('%-12s max abs difference to torch (%s, random inputs): %.2e' % (role, precision, diffs[role]))
+            log('%-12s max abs difference to torch (%s, random inputs, %s): %.2e'
+                % (role, precision, ' and '.join(p.replace('ExecutionProvider', '') for p in providers), diffs[role]))
             if not diffs[role] <= tolerance:  # NaN fails too
                 raise ExportFailed('the %s graph differs from torch by %.3g > --tolerance %g; nothing written'
                                    % (role, diffs[role], tolerance))
@@ -318,7 +347,8 @@ def export_model(generator: nn.Module, kp_detector: nn.Module, config, out: str,
                 'jacobian': jacobian, 'occlusion_map': occlusion, 'opset': opset, 'precision': precision,
                 'exporter': exporter, 'torch': torch.__version__,
                 'checkpoint': os.path.basename(checkpoint) if checkpoint else None,
-                'check': {'max_abs_diff': diffs, 'tolerance': tolerance}, 'graphs': graphs_entry,
+                'check': {'max_abs_diff': diffs, 'tolerance': tolerance, 'providers': providers},
+                'graphs': graphs_entry,
                 'config': config.to_dict()}
     write_json(os.path.join(out, MANIFEST), manifest)
     return manifest
@@ -343,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='ONNX opset (>= 16: GridSample; >= 18 with --exporter dynamo)')
     p.add_argument('--fp16', action='store_true',
                    help='float16 weights and arithmetic inside the graphs (inputs and outputs stay float32): half '
-                        'the size, for GPU and mobile runtimes; onnxruntime\'s CPU provider gains no speed from it')
+                        'the size, for GPU and mobile runtimes; onnxruntime\'s CPU provider gains no speed from it. '
+                        'Checked on the CPU provider and, with onnxruntime-gpu installed, on CUDA too')
     p.add_argument('--exporter', choices=EXPORTERS, default='torchscript',
                    help='torch.onnx exporter: torchscript (fast, any opset >= 16) or dynamo (torch.export)')
     p.add_argument('--tolerance', type=float, default=None,

@@ -56,9 +56,11 @@ class DatasetWarning(UserWarning):
 
 
 def default_num_workers() -> int:
-    """DataLoader workers for this machine: one per usable CPU, leaving one for the main
-    process, at most 8 (decoding is cheap; more workers mostly add memory)."""
-    return max(0, min(8, cpu_count() - 1))
+    """DataLoader workers per process: the usable CPUs shared by the processes torchrun starts on
+    this machine (LOCAL_WORLD_SIZE), one of each share left to its main process, at most 8
+    (decoding is cheap; more workers mostly add memory). 16 CPUs: 8 alone, 1 each for 8 GPUs."""
+    processes = max(1, int(os.environ.get('LOCAL_WORLD_SIZE', 1)))
+    return max(0, min(8, cpu_count() // processes - 1))
 
 
 def worker_init_fn(worker_id: int) -> None:

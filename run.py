@@ -13,11 +13,15 @@ so no later checkpoint or log line is ever rewritten.
 """
 import argparse
 import contextlib
+import datetime
 import os
 import sys
 import time
 
 MODES = ('train', 'reconstruction', 'animate')
+# reconstruction/animate under torchrun: how long a rank may wait for the others at the final gather
+# (NCCL's default is 10 minutes; one rank's share of long test videos can take far longer)
+EVALUATION_TIMEOUT = datetime.timedelta(hours=3)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,7 +163,11 @@ def setup_device(args, is_ddp: bool, local_rank: int):
     if args.sync_bn and device.type != 'cuda':
         raise ValueError('--sync_bn: synchronised BatchNorm needs CUDA devices (these processes run on the CPU); '
                          'drop --sync_bn')
-    dist.init_process_group(backend='nccl' if device.type == 'cuda' else 'gloo')
+    backend = 'nccl' if device.type == 'cuda' else 'gloo'
+    if args.mode == 'train':  # every step syncs the ranks: torch's default timeout reports a hang sooner
+        dist.init_process_group(backend=backend)
+    else:  # a rank done with its share waits for the others' (uneven video lengths) in one gather
+        dist.init_process_group(backend=backend, timeout=EVALUATION_TIMEOUT)
     return device
 
 

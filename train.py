@@ -8,8 +8,10 @@ keypoint detector; then, when the GAN weight is non-zero, the discriminator is u
 Several processes: launched by `torchrun`, each network is wrapped in DistributedDataParallel
 (nccl on GPU, gloo on CPU), the data is split by a DistributedSampler, and only rank 0 logs and
 saves. Mixed precision with `torch.autocast` (bf16, or fp16 with a GradScaler).
-Resume restores epoch, models, optimizers and schedulers. SIGINT/SIGTERM save a checkpoint and
-stop cleanly; a non-finite loss stops training and keeps the last good checkpoint.
+Resume restores epoch, models, optimizers, schedulers (and fp16's GradScaler). SIGINT/SIGTERM
+save a checkpoint and stop cleanly; a non-finite loss stops training and keeps the last good
+checkpoint. Under torchrun every rank makes these decisions together (_Consensus): a signal, the
+time budget or a non-finite loss on any one rank stops all of them after the same step.
 """
 import math
 import signal
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
+import torch.distributed as dist
 from torch.optim.lr_scheduler import MultiStepLR
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -72,6 +75,36 @@ class _Budget:
 
     def spent(self) -> bool:
         return bool((self.max_steps and self.steps >= self.max_steps) or (self.deadline and time.time() >= self.deadline))
+
+
+class _Consensus:
+    """What the ranks of a torchrun job must decide alike. Each process alone sees its own signal,
+    its own clock and its own losses; one that left the loop while the others went on would leave
+    them waiting in a collective (DDP's gradient all-reduce): a hang, and rank 0, the only one
+    that saves, would never write the last checkpoint. So the stop flags are all-reduced (max) at
+    every step, and the summed losses at every log interval, where a non-finite value on any rank
+    becomes non-finite on all. Under DDP this costs one two-number all-reduce per step (waiting
+    for the step's GPU work, as reading any result does); a single process decides alone."""
+
+    def __init__(self, distributed: bool, device: torch.device):
+        self.distributed = distributed
+        self.device = device  # NCCL reduces CUDA tensors, gloo CPU ones
+
+    def stop(self, interrupted: bool, spent: bool) -> tuple:
+        """(interrupted, budget spent) on any rank -> the same pair on every rank."""
+        if not self.distributed:
+            return interrupted, spent
+        flags = torch.tensor([float(interrupted), float(spent)], device=self.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return tuple(bool(v) for v in flags.tolist())
+
+    def mean(self, values: torch.Tensor) -> torch.Tensor:
+        """The mean over ranks of a tensor of loss sums (NaN/inf on one rank: on all)."""
+        if not self.distributed:
+            return values
+        values = values.clone()
+        dist.all_reduce(values)
+        return values / dist.get_world_size()
 
 
 @dataclass
@@ -137,6 +170,20 @@ def keep_fused(optimizer: torch.optim.Optimizer, fused: bool) -> None:
                 state['step'] = torch.as_tensor(state['step'], dtype=torch.float32).to(p.device if fused else 'cpu')
 
 
+def match_param_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """After loading a saved state: give every state tensor shaped like its parameter (Adam's
+    exp_avg, exp_avg_sq) the parameter's memory layout. Published checkpoints, and fp32 runs,
+    hold them in the default layout, while a channels-last run's parameters are NHWC; the fused
+    Adam kernel walks all of a parameter's tensors as one flat array, so mismatched layouts pair
+    each weight with another weight's moments (silently wrong on CPU; refused on CUDA)."""
+    for group in optimizer.param_groups:
+        for p in group['params']:
+            state = optimizer.state.get(p) or {}
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)  # p's strides
+
+
 def place_networks(networks, device: torch.device, options: StepOptions) -> None:
     """Move the networks to the device, in the options' memory layout (in place)."""
     for net in networks:
@@ -166,15 +213,18 @@ def compile_networks(networks) -> None:
 
 
 def resume(checkpoint: str, generator, discriminator, kp_detector, optimizers, schedulers, milestones,
-           verbose: bool) -> int:
-    """Load a checkpoint into the networks, optimizers and schedulers; returns the first epoch to
-    run (the saved epoch is complete), on the schedule of the config resumed with."""
+           verbose: bool, grad_scaler: Optional[torch.amp.GradScaler] = None) -> int:
+    """Load a checkpoint into the networks, optimizers and schedulers (and an enabled fp16
+    GradScaler, where the file has its state); returns the first epoch to run (the saved epoch is
+    complete), on the schedule of the config resumed with. Optimizer states take this run's fused
+    choice and its parameters' memory layout, whatever the file's."""
     config_lrs = {name: sched.base_lrs[0] for name, sched in schedulers.items()}  # the config's rates
     fused = {name: bool(opt.param_groups[0].get('fused')) for name, opt in optimizers.items()}
     last = load_checkpoint(checkpoint, generator=generator, kp_detector=kp_detector, discriminator=discriminator,
-                           schedulers=schedulers, verbose=verbose, **optimizers)
+                           schedulers=schedulers, verbose=verbose, grad_scaler=grad_scaler, **optimizers)
     for name, opt in optimizers.items():
         keep_fused(opt, fused[name])
+        match_param_layouts(opt)
     for name, sched in schedulers.items():
         follow_config_schedule(sched, config_lrs[name], milestones, last + 1)
     return last + 1
@@ -216,7 +266,8 @@ def wrap_ddp(generator, discriminator, kp_detector, gan: bool, sync_bn: bool, de
     if sync_bn:
         generator = torch.nn.SyncBatchNorm.convert_sync_batchnorm(generator)
         kp_detector = torch.nn.SyncBatchNorm.convert_sync_batchnorm(kp_detector)
-    ids = [local_rank] if device.type == 'cuda' else None
+    # the device's own index (run.py gives cuda:LOCAL_RANK; two processes may share one GPU)
+    ids = [device.index if device.index is not None else local_rank] if device.type == 'cuda' else None
     wrap = lambda m: torch.nn.parallel.DistributedDataParallel(m, device_ids=ids)  # noqa: E731
     return wrap(generator), (wrap(discriminator) if gan else discriminator), wrap(kp_detector)
 
@@ -256,9 +307,15 @@ def train_step(x, generator_full, discriminator_full, optimizers, scaler, device
     return losses, generated
 
 
-def prepare_step(config, generator, discriminator, kp_detector, device: torch.device, options: StepOptions):
+def make_grad_scaler(device: torch.device, options: StepOptions) -> torch.amp.GradScaler:
+    """The loss scaler of fp16 training (disabled, a pass-through, for fp32 and bf16)."""
+    return torch.amp.GradScaler(device.type, enabled=options.precision == 'fp16')
+
+
+def prepare_step(config, generator, discriminator, kp_detector, device: torch.device, options: StepOptions,
+                 scaler: Optional[torch.amp.GradScaler] = None):
     """(generator_full, discriminator_full, GradScaler) over networks already placed (and wrapped);
-    compiles the networks with options.compile."""
+    compiles the networks with options.compile. `scaler`: one already made (and resumed)."""
     generator_full, discriminator_full = build_full_models(kp_detector, generator, discriminator, config.train_params,
                                                            batch_keypoints=options.batch_keypoints)
     place_networks([generator_full, discriminator_full], device, options)
@@ -267,7 +324,7 @@ def prepare_step(config, generator, discriminator, kp_detector, device: torch.de
         # (two calls per step) clashes with the saved tensors of the first call's backward; not
         # VGG19 (frozen convolutions and ReLUs, run from a copy cast once under autocast)
         compile_networks([kp_detector, generator])
-    scaler = torch.amp.GradScaler(device.type, enabled=options.precision == 'fp16')
+    scaler = scaler if scaler is not None else make_grad_scaler(device, options)
     return generator_full, discriminator_full, scaler
 
 
@@ -287,20 +344,23 @@ def train(config, generator, discriminator, kp_detector, checkpoint: Optional[st
     options = step_options(device, precision, compile=compile, batch_keypoints=batch_keypoints)
     place_networks([generator, discriminator, kp_detector], device, options)
     optimizers, schedulers = make_optimizers(generator, discriminator, kp_detector, tp, fused=options.fused_adam)
+    scaler = make_grad_scaler(device, options)
     start_epoch = 0 if checkpoint is None else resume(checkpoint, generator, discriminator, kp_detector, optimizers,
-                                                      schedulers, tp.epoch_milestones, verbose=rank == 0)
+                                                      schedulers, tp.epoch_milestones, verbose=rank == 0,
+                                                      grad_scaler=scaler)
     gan = tp.loss_weights.generator_gan != 0
     if is_ddp:
         generator, discriminator, kp_detector = wrap_ddp(generator, discriminator, kp_detector, gan, sync_bn,
                                                          device, local_rank)
     generator_full, discriminator_full, scaler = prepare_step(config, generator, discriminator, kp_detector, device,
-                                                              options)
+                                                              options, scaler)
     loader, sampler = make_loader(dataset, tp, world, is_ddp, num_workers, device)
     models = {'generator': generator, 'discriminator': discriminator, 'kp_detector': kp_detector,
-              **optimizers, **schedulers}
+              **optimizers, **schedulers, **({'grad_scaler': scaler} if scaler.is_enabled() else {})}
     logger = Logger(log_dir, checkpoint_freq=tp.checkpoint_freq, visualizer_params=keywords(config.visualizer_params),
                     config=config.to_dict(), tensorboard=True) if rank == 0 else None
     budget, stopped_early = _Budget(max_steps, max_minutes), False
+    consensus = _Consensus(is_ddp, device)
 
     def step(x):
         x = to_device(x, device, options)
@@ -314,20 +374,27 @@ def train(config, generator, discriminator, kp_detector, checkpoint: Optional[st
                     sampler.set_epoch(epoch)
                 bar = tqdm(loader, desc='epoch %d/%d' % (epoch + 1, tp.num_epochs), disable=rank != 0,
                            leave=verbose, dynamic_ncols=True)
-                x, generated = _run_epoch(bar, step, logger, epoch, log_freq, stop, budget)
-                if stop.requested:
+                x, generated, (interrupted, spent) = _run_epoch(bar, step, logger, epoch, log_freq, stop, budget,
+                                                                consensus)
+                if interrupted:
                     stopped_early = True
                     if logger is not None:
                         path = logger.save_interrupted(epoch - 1, models)  # the current epoch is incomplete
                         tqdm.write('interrupted: saved %s (resume with --checkpoint %s)' % (path, path))
                     break
-                for sched in schedulers.values():
-                    sched.step()
+                for name, sched in schedulers.items():
+                    if name == 'scheduler_discriminator' and not gan:
+                        # without the GAN loss its optimizer never steps, and stepping its scheduler is
+                        # what torch warns about ('lr_scheduler.step() before optimizer.step()'): its
+                        # rate follows the schedule directly, so a run resumed with the GAN on starts right
+                        follow_config_schedule(sched, sched.base_lrs[0], tp.epoch_milestones, epoch + 1)
+                    else:
+                        sched.step()
                 if logger is not None:
                     means = logger.log_epoch(epoch, models, x, generated)
                     if verbose:
                         tqdm.write('epoch %d: %s' % (epoch, ', '.join('%s %.4f' % kv for kv in means.items())))
-                if budget.spent():
+                if spent or consensus.stop(False, budget.spent())[1]:
                     break
             if logger is not None and not stopped_early:
                 logger.save_last()  # all epochs done, or the budget spent: the last epoch is on disk
@@ -337,29 +404,33 @@ def train(config, generator, discriminator, kp_detector, checkpoint: Optional[st
     return {'stopped_early': stopped_early, 'steps': budget.steps}
 
 
-def _run_epoch(bar, step, logger, epoch: int, log_freq: int, stop, budget):
+def _run_epoch(bar, step, logger, epoch: int, log_freq: int, stop, budget, consensus: _Consensus):
     """One pass over the loader (`bar`); `step(batch)` -> (batch on the device, losses, generated).
     Mean losses are logged every `log_freq` steps; stops early when `stop` is requested or the
-    budget is spent. Returns the last (batch, generated) for the epoch's visualisation."""
-    sums, count, x, generated = {}, 0, None, None
+    budget is spent, on any rank (`consensus`). Returns the last (batch, generated) for the epoch's
+    visualisation and the agreed (interrupted, budget spent)."""
+    sums, count, x, generated, halt = {}, 0, None, None, (False, False)
     for batch in bar:
         x, losses, generated = step(batch)
         for k, v in losses.items():  # device tensors: no sync here
             sums[k] = sums[k] + v.float() if k in sums else v.float()
         count, budget.steps = count + 1, budget.steps + 1
-        if count % log_freq == 0 or stop.requested or budget.spent():
-            _flush(sums, count, logger, bar, epoch)
+        halt = consensus.stop(stop.requested, budget.spent())
+        if count % log_freq == 0 or any(halt):
+            _flush(sums, count, logger, bar, epoch, consensus)
             sums, count = {}, 0
-        if stop.requested or budget.spent():
+        if any(halt):
             break
     if count:
-        _flush(sums, count, logger, bar, epoch)
-    return x, generated
+        _flush(sums, count, logger, bar, epoch, consensus)
+    return x, generated, halt
 
 
-def _flush(sums, count, logger, bar, epoch):
-    """Pull the summed losses off the device once per log interval; stop on a non-finite one."""
-    values = {k: v.item() for k, v in sums.items()}
+def _flush(sums, count, logger, bar, epoch, consensus: _Consensus):
+    """Pull the summed losses (their mean over ranks) off the device once per log interval; stop on
+    a non-finite one, on every rank alike."""
+    keys = list(sums)  # the same order on every rank (the same losses, made in the same order)
+    values = dict(zip(keys, consensus.mean(torch.stack([sums[k] for k in keys])).tolist()))
     bad = [k for k, v in values.items() if not math.isfinite(v)]
     if bad:
         raise TrainingStopped('non-finite loss %s at epoch %d: training stopped; the last good checkpoint '

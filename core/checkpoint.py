@@ -2,13 +2,14 @@
 
 Layout (as the published `*-cpk.pth.tar`): {'generator', 'kp_detector', 'discriminator',
 'optimizer_generator', 'optimizer_kp_detector', 'optimizer_discriminator', 'epoch'}; this project
-adds 'config' (the resolved config dict), 'scheduler_*' states and 'format_version'. Files
+adds 'config' (the resolved config dict), 'scheduler_*' states, 'format_version' and, from fp16
+runs, 'grad_scaler' (the loss scale and its growth tracker). Files
 without discriminator or optimizers load for inference. A checkpoint is untrusted input: it is
 always read with `weights_only=True`, so a pickle carrying code is refused, never executed.
 
     read_checkpoint(path)            -> the dict; one-line errors tell apart a file that is not a
                                         checkpoint, a truncated one, and one that holds code
-    load_checkpoint(path, generator=..., kp_detector=..., optimizer_generator=..., ...) -> epoch
+    load_checkpoint(path, generator=..., kp_detector=..., optimizer_generator=..., grad_scaler=..., ...) -> epoch
     load_state(module, state, name, path)   shape-checked load (names the first mismatch);
                                         `assign=True` adopts the file's tensors (meta-built nets)
     save_atomic(obj, path)           temp file in the same folder + fsync + rename
@@ -116,11 +117,14 @@ def load_state(module: torch.nn.Module, state: Dict[str, torch.Tensor], name: st
 
 def load_checkpoint(path: str, generator=None, kp_detector=None, discriminator=None, optimizer_generator=None,
                     optimizer_kp_detector=None, optimizer_discriminator=None, schedulers: Optional[dict] = None,
-                    verbose: bool = True, assign: bool = False, state: Optional[dict] = None) -> int:
+                    verbose: bool = True, assign: bool = False, state: Optional[dict] = None,
+                    grad_scaler=None) -> int:
     """Load what is given from a checkpoint (weights_only=True); returns its epoch.
 
     The generator and keypoint detector must be in the file; a missing discriminator or optimizer
-    is reported (verbose) and left as it is. `state`: the already read dict (to read once)."""
+    is reported (verbose) and left as it is. `grad_scaler`: an fp16 run's torch.amp.GradScaler,
+    restored where the file has its state (a file without, or a disabled scaler: left as it is).
+    `state`: the already read dict (to read once)."""
     checkpoint = read_checkpoint(path) if state is None else state
     for name, module in (('generator', generator), ('kp_detector', kp_detector)):
         if module is not None:
@@ -141,6 +145,11 @@ def load_checkpoint(path: str, generator=None, kp_detector=None, discriminator=N
     for name, sched in (schedulers or {}).items():
         if name in checkpoint:
             sched.load_state_dict(checkpoint[name])
+    if grad_scaler is not None and grad_scaler.is_enabled():
+        if checkpoint.get('grad_scaler'):
+            grad_scaler.load_state_dict(checkpoint['grad_scaler'])
+        elif verbose:
+            print('%s: no grad_scaler in the checkpoint; the fp16 loss scale starts fresh' % path)
     return checkpoint.get('epoch', 0)
 
 

@@ -3,6 +3,7 @@ autocast precision, how many CPUs, which DDP rank, the bare module under a DDP w
 evaluation work is shared over torchrun processes."""
 import contextlib
 import os
+import warnings
 from typing import Optional
 
 import torch
@@ -13,7 +14,11 @@ _DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
 def resolve_device(name: Optional[str] = None) -> torch.device:
-    """'cpu', 'cuda', 'cuda:N' or None (cuda when available, else cpu); errors name --device."""
+    """'cpu', 'cuda', 'cuda:N' or None (cuda when available, else cpu); errors name --device.
+
+    'cuda:N' also makes GPU N the current CUDA device of this thread (torch.cuda.set_device):
+    what runs without naming a device (cuDNN/cuBLAS handles, NCCL, torch.compile's kernels,
+    torch.cuda.synchronize() and the memory statistics) then goes to the GPU the user named."""
     if not name:
         return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     try:
@@ -22,9 +27,11 @@ def resolve_device(name: Optional[str] = None) -> torch.device:
         raise ValueError("--device: '%s' is not a device (use cpu, cuda or cuda:N)" % name) from None
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise ValueError('--device: %s asked for, but CUDA is not available on this machine' % name)
-    if device.type == 'cuda' and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError('--device: %s asked for, but only %d CUDA device(s) exist'
-                         % (name, torch.cuda.device_count()))
+    if device.type == 'cuda' and device.index is not None:
+        if device.index >= torch.cuda.device_count():
+            raise ValueError('--device: %s asked for, but only %d CUDA device(s) exist'
+                             % (name, torch.cuda.device_count()))
+        torch.cuda.set_device(device)
     return device
 
 
@@ -38,19 +45,38 @@ def cpu_has_native_bf16() -> bool:
     return 'avx512_bf16' in flags or 'amx_bf16' in flags
 
 
+BF16_MIN_CAPABILITY = (8, 0)  # Ampere: bf16 tensor cores; below (T4 7.5, V100 7.0) bf16 is emulated
+FP16_MIN_CAPABILITY = (7, 0)  # Volta: fp16 tensor cores; Pascal's GTX 10xx/P40 (6.1) run fp16 at 1/64 speed
+
+
+def cuda_capability(device: torch.device) -> tuple:
+    """(major, minor) compute capability of a CUDA device (index-less: the current one)."""
+    return tuple(torch.cuda.get_device_capability(device))
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' -> bf16 on CUDA with bf16 support (else fp16), bf16 on a CPU with native bf16
-    (AVX512-BF16/AMX), fp32 elsewhere; the same for training and inference (on such a CPU the
+    """'auto' -> on CUDA bf16 from compute capability 8.0 (Ampere) on, fp16 from 7.0 (Volta,
+    Turing; training adds a GradScaler), fp32 below (no tensor cores); on a CPU bf16 where it is
+    native (AVX512-BF16/AMX), else fp32. The same for training and inference (on such a CPU the
     vox-256 training step at 64x64 ran 1.9x faster in bf16 with losses within 1% of fp32 over 50
-    steps, bench/bench_train.py)."""
+    steps, bench/bench_train.py).
+
+    The capability is that of `device` itself, not of the current GPU, and not
+    torch.cuda.is_bf16_supported(), which says True on a T4 or V100 where bf16 is emulated.
+    An explicit bf16 there is kept, with a warning."""
     if precision not in PRECISIONS:
         raise ValueError('--precision: %r is not one of %s' % (precision, ', '.join(PRECISIONS)))
     if precision != 'auto':
         if precision == 'fp16' and device.type == 'cpu':
             raise ValueError('--precision: fp16 is for CUDA; on CPU use bf16 or fp32')
+        if precision == 'bf16' and device.type == 'cuda' and cuda_capability(device) < BF16_MIN_CAPABILITY:
+            warnings.warn('--precision: bf16 on %s (compute capability %d.%d) is emulated and slow; --precision auto '
+                          'picks %s there' % ((device,) + cuda_capability(device) + (resolve_precision('auto', device),)))
         return precision
     if device.type == 'cuda':
-        return 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'
+        capability = cuda_capability(device)
+        return ('bf16' if capability >= BF16_MIN_CAPABILITY else
+                'fp16' if capability >= FP16_MIN_CAPABILITY else 'fp32')
     if device.type == 'cpu' and cpu_has_native_bf16():
         return 'bf16'
     return 'fp32'

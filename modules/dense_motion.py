@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modules.util import (AntiAliasInterpolation2d, Hourglass, coordinate_grid_like, inverse_2x2, kp2gaussian,
-                          matmul_2x2)
+from modules.util import (AntiAliasInterpolation2d, Hourglass, coordinate_grid_like, grid_sample_fp32, inverse_2x2,
+                          kp2gaussian, matmul_2x2)
 
 
 class DenseMotionNetwork(nn.Module):
@@ -61,8 +61,8 @@ class DenseMotionNetwork(nn.Module):
         bs, _, h, w = source_image.shape
         k1 = self.num_kp + 1
         source_repeat = source_image.unsqueeze(1).expand(bs, k1, -1, h, w).reshape(bs * k1, -1, h, w)
-        grid = sparse_motions.reshape(bs * k1, h, w, 2).to(source_repeat.dtype)
-        deformed = F.grid_sample(source_repeat, grid, align_corners=False)
+        grid = sparse_motions.reshape(bs * k1, h, w, 2)  # float32: coordinates keep their precision
+        deformed = grid_sample_fp32(source_repeat, grid)
         return deformed.view(bs, k1, -1, h, w)
 
     def forward(self, source_image, kp_driving, kp_source):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modules.dense_motion import DenseMotionNetwork
-from modules.util import DownBlock2d, ResBlock2d, SameBlock2d, UpBlock2d, layer_width
+from modules.util import DownBlock2d, ResBlock2d, SameBlock2d, UpBlock2d, grid_sample_fp32, layer_width
 
 
 def deform_input(inp: torch.Tensor, deformation: torch.Tensor) -> torch.Tensor:
@@ -18,7 +18,7 @@ def deform_input(inp: torch.Tensor, deformation: torch.Tensor) -> torch.Tensor:
     if (h_old, w_old) != (h, w):
         deformation = F.interpolate(deformation.permute(0, 3, 1, 2), size=(h, w), mode='bilinear',
                                     align_corners=False).permute(0, 2, 3, 1)
-    return F.grid_sample(inp, deformation.to(inp.dtype), align_corners=False)
+    return grid_sample_fp32(inp, deformation)
 
 
 class OcclusionAwareGenerator(nn.Module):

@@ -10,14 +10,13 @@ import os
 from typing import Dict, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.autograd import grad
 
 from modules.discriminator import scale_key
 from modules.fused import cast_conv_weights
-from modules.util import (AntiAliasInterpolation2d, coordinate_grid, detach_kp, inverse_2x2, make_coordinate_grid,
-                          matmul_2x2)
+from modules.util import (AntiAliasInterpolation2d, coordinate_grid, detach_kp, grid_sample_fp32, inverse_2x2,
+                          make_coordinate_grid, matmul_2x2)
 from core.runtime import unwrap
 
 
@@ -75,7 +74,7 @@ class Transform:
         h, w = frame.shape[2:]
         grid = coordinate_grid((h, w), torch.float32, frame.device).view(1, h * w, 2)
         grid = self.warp_coordinates(grid).view(self.bs, h, w, 2)
-        return F.grid_sample(frame, grid.to(frame.dtype), padding_mode='reflection', align_corners=False)
+        return grid_sample_fp32(frame, grid, padding_mode='reflection')
 
     def warp_coordinates(self, coordinates):
         """(B or 1, N, 2) -> (B, N, 2), in float32 (or float64 if given float64)."""

@@ -34,6 +34,35 @@ def make_coordinate_grid(spatial_size: Sequence[int], type=None) -> torch.Tensor
     return torch.stack([xx, yy], dim=2)
 
 
+def autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for this device type (torch >= 2.4 API, older per-device fallback)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled() if device_type == 'cpu' else torch.is_autocast_enabled()
+
+
+def grid_sample_fp32(inp: torch.Tensor, grid: torch.Tensor, padding_mode: str = 'zeros') -> torch.Tensor:
+    """Bilinear `F.grid_sample` (align_corners=False, as the original) with the input and the
+    sampling grid in float32 whenever either is in a 16-bit type or autocast is on.
+
+    Sampling coordinates want float32: bf16 keeps 8 bits of mantissa, so a grid coordinate near 1
+    is off by up to 2^-8, a pixel at 256x256. CUDA autocast runs grid_sample in its inputs' widest
+    type (bf16 when both are), CPU autocast in float32; this makes both devices sample in float32.
+    Under autocast the result stays float32 (the next convolution casts it); outside autocast it
+    goes back to the input's type. Float32 (or float64) inputs without autocast are passed
+    straight through: the same numbers and the same exported graph."""
+    low = (torch.float16, torch.bfloat16)
+    autocast_on = autocast_enabled(inp.device.type)
+    if not autocast_on and inp.dtype not in low and grid.dtype not in low:
+        return F.grid_sample(inp, grid.to(inp.dtype), padding_mode=padding_mode, align_corners=False)
+    wide = torch.float64 if inp.dtype == torch.float64 else torch.float32
+    if autocast_on:
+        with torch.autocast(inp.device.type, enabled=False):
+            return F.grid_sample(inp.to(wide), grid.to(wide), padding_mode=padding_mode, align_corners=False)
+    return F.grid_sample(inp.to(wide), grid.to(wide), padding_mode=padding_mode, align_corners=False).to(inp.dtype)
+
+
 _GRIDS: Dict[tuple, torch.Tensor] = {}
 
 

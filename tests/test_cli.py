@@ -73,13 +73,14 @@ def test_device_ids_relaunch_arguments():
     assert env['CUDA_VISIBLE_DEVICES'] == '0,1,3'
 
 
-@pytest.mark.parametrize('cuda_bf16, cpu_bf16, device, want', [
-    (True, False, 'cuda', 'bf16'), (False, False, 'cuda', 'fp16'), (True, True, 'cuda', 'bf16'),
-    (False, True, 'cpu', 'bf16'), (True, False, 'cpu', 'fp32'), (False, False, 'cpu', 'fp32'),
+@pytest.mark.parametrize('capability, cpu_bf16, device, want', [
+    ((8, 0), False, 'cuda', 'bf16'), ((7, 5), False, 'cuda', 'fp16'), ((9, 0), True, 'cuda', 'bf16'),
+    ((7, 0), False, 'cuda', 'fp16'), ((6, 1), False, 'cuda', 'fp32'),
+    ((7, 0), True, 'cpu', 'bf16'), ((8, 0), False, 'cpu', 'fp32'), ((7, 0), False, 'cpu', 'fp32'),
 ])
-def test_resolve_precision_on_each_kind_of_machine(monkeypatch, cuda_bf16, cpu_bf16, device, want):
+def test_resolve_precision_on_each_kind_of_machine(monkeypatch, capability, cpu_bf16, device, want):
     from core import runtime
-    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda *a, **k: cuda_bf16)
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: capability)
     monkeypatch.setattr(runtime, 'cpu_has_native_bf16', lambda: cpu_bf16)
     device = torch.device(device)
     assert runtime.resolve_precision('auto', device) == want
