@@ -157,6 +157,8 @@ class TorchBackend:
 
     def context(self):
         stack = contextlib.ExitStack()
+        if self.device.type == 'cuda':  # the current device is per thread: a web server's worker
+            stack.enter_context(torch.cuda.device(self.device))  # threads would otherwise use GPU 0
         stack.enter_context(torch.inference_mode())
         stack.enter_context(autocast(self.device, self.precision))
         return stack
