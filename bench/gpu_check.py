@@ -221,7 +221,7 @@ class Checks:
         rc, out, err, seconds = self.command(args)
         if rc:
             return 'FAIL', 'exit %d: %s' % (rc, last_error(err))
-        folder = Path(out.strip().splitlines()[-1]) / ('animation' if mode == 'animate' else mode)
+        folder = Path(out.strip().splitlines()[-1])  # run.py prints the evaluation's own folder
         videos = sorted(folder.glob('*.mp4'))
         if mode == 'reconstruction':
             report = json.loads((folder / 'metrics.json').read_text())
