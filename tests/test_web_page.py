@@ -1,7 +1,8 @@
 """The in-browser page (web/) in a real headless Chromium, served by app.py at /web/ with its
 cross-origin isolation headers: the embedded export animates the bundled 64x64 samples like
 `demo.py --backend onnx` does, the result downloads as WebM, Chromium's fake camera drives it, and a
-non-image, a corrupt export and a missing graph each give their message on the page.
+non-image (as source or driving video), a corrupt export and a missing graph each give their
+message on the page.
 
 Needs the page built (make web), gradio and playwright (requirements-app.txt) and Debian's chromium;
 without them the tests skip, saying what to run, except under CI=1 where they fail.
@@ -68,13 +69,23 @@ def clip(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def reference(tmp_path_factory, built, clip):
-    """demo.py --backend onnx on the same files, started at once (it runs while the page works)."""
-    out = tmp_path_factory.mktemp('demo') / 'frames.png'  # a .png result: a folder of lossless frames
-    proc = subprocess.Popen(demo_command(clip, out), cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, OMP_NUM_THREADS='1'))
-    yield proc, out
-    if proc.poll() is None:
-        proc.kill()
+    """demo.py --backend onnx on the clip, and on the clip's frames as the page must decode them
+    (PNGs of the exact BT.601 formula on PyAV's Y'CbCr planes; the test checks the page's are
+    those), both started at once: they run while the page works."""
+    from PIL import Image
+    work = tmp_path_factory.mktemp('demo')
+    pyav_rgb, exact = pyav_frames(clip)
+    (work / 'decoded').mkdir()
+    for i, frame in enumerate(exact):
+        Image.fromarray(frame.astype(np.uint8)).save(work / 'decoded' / ('%06d.png' % i))
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    runs = {name: (subprocess.Popen(demo_command(driving, work / (name + '.png')), cwd=str(ROOT), env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT), work / (name + '.png'))
+            for name, driving in (('video', clip), ('decoded', work / 'decoded'))}
+    yield pyav_rgb, exact, runs
+    for proc, _ in runs.values():
+        if proc.poll() is None:
+            proc.kill()
 
 
 def demo_command(driving, out) -> list:
@@ -100,8 +111,9 @@ def data_urls(urls) -> np.ndarray:
 
 
 @pytest.fixture(scope='module')
-def page(built, app_server):
-    """One tab on the page, its embedded model loaded (the tests below run in this order on it)."""
+def page(built, reference, app_server):
+    """One tab on the page, its embedded model loaded (the tests below run in this order on it);
+    demo.py's reference runs (`reference`) start first and work meanwhile."""
     from playwright.sync_api import sync_playwright
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium(), headless=True, args=CHROMIUM_FLAGS)
@@ -160,7 +172,7 @@ def test_page_is_cross_origin_isolated_and_gradio_links_to_it(page, app_server):
         assert '[run in your browser](web/)' in res.read().decode()
 
 
-def test_page_animates_the_samples_as_demo_py_does(page, clip, reference, tmp_path):
+def test_page_animates_the_samples_as_demo_py_does(page, clip, reference):
     page.set_input_files('#source-input', str(SOURCE))
     page.set_input_files('#driving-input', str(clip))
     page.get_by_role('button', name='Animate').click()
@@ -173,22 +185,15 @@ def test_page_animates_the_samples_as_demo_py_does(page, clip, reference, tmp_pa
 
     # decoding: every frame, in order, of the same Y'CbCr planes as FFmpeg's (the page's RGB is
     # the exact formula on PyAV's planes); swscale's fixed-point RGB is within 3 levels of it
-    pyav_rgb, exact = pyav_frames(clip)
+    pyav_rgb, exact, runs = reference
     assert frames.shape == driving.shape == pyav_rgb.shape == (CLIP_FRAMES, 64, 64, 3)
     np.testing.assert_array_equal(driving, exact)
     assert np.abs(driving - pyav_rgb).max() <= 3
 
     # the animation: demo.py --backend onnx on the same video file, and on the very frames the page
-    # decoded (a folder of PNGs), which isolates the networks and the keypoint maths
-    on_video = demo_frames(*reference)
-    folder = tmp_path / 'driving'
-    folder.mkdir()
-    for i, url in enumerate(page.evaluate('fomm.drivingFrames()')):
-        (folder / ('%06d.png' % i)).write_bytes(base64.b64decode(url.split(',', 1)[1]))
-    out = tmp_path / 'same-frames.png'
-    on_frames = demo_frames(subprocess.Popen(demo_command(folder, out), cwd=str(ROOT), stdout=subprocess.PIPE,
-                                             stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS='1')), out)
-    same_video, same_frames = close_share(frames, on_video), close_share(frames, on_frames)
+    # decoded (PNGs), which isolates the networks and the keypoint maths
+    same_video = close_share(frames, demo_frames(*runs['video']))
+    same_frames = close_share(frames, demo_frames(*runs['decoded']))
     print('page vs demo.py: %.4f of pixels within %d/255 on the video, %.4f on the same frames'
           % (same_video, LEVELS, same_frames))
     assert same_video >= SHARE and same_frames >= SHARE
@@ -225,6 +230,10 @@ def test_bad_inputs_give_a_message_on_the_page(page, tmp_path):
     page.set_input_files('#source-input', str(notes))
     page.wait_for_function('document.getElementById("message").textContent.includes("not an image")')
     assert page.inner_text('#message').startswith('source image: notes.txt: not an image file')
+    page.set_input_files('#driving-input', str(notes))
+    page.get_by_role('button', name='Animate').click()
+    page.wait_for_function('document.getElementById("message").textContent.includes("not a video")')
+    assert page.inner_text('#message') == 'driving video: notes.txt: not a video this browser can decode'
 
     corrupt = tmp_path / 'corrupt'
     shutil.copytree(EXPORT, corrupt)

@@ -81,10 +81,13 @@ export async function readExport(get, progress = () => {}) {
   return { manifest, graphs };
 }
 
-/** What the page can run on: 'webgpu' where the browser offers an adapter, else 'wasm'. */
+/** What the page runs on by default: 'webgpu' where the browser offers a GPU adapter, else
+ * 'wasm'. A fallback adapter (a GPU emulated on the CPU, e.g. SwiftShader) is not taken: the
+ * graphs ran 60x slower on it than on WebAssembly (docs/benchmarks.md). */
 export async function bestBackend() {
   try {
-    if (globalThis.navigator && navigator.gpu && (await navigator.gpu.requestAdapter())) return 'webgpu';
+    const adapter = globalThis.navigator && navigator.gpu && (await navigator.gpu.requestAdapter({ powerPreference: 'high-performance' }));
+    if (adapter && !(adapter.info && adapter.info.isFallbackAdapter)) return 'webgpu';
   } catch (e) { /* no adapter */ }
   return 'wasm';
 }

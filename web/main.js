@@ -49,7 +49,9 @@ function enable() {
   $('reference').disabled = !(run && run.kind === 'webcam');
   $('stop').disabled = !busy;
   $('download').disabled = busy || !result.frames.length;
-  for (const id of ['export-files', 'export-folder', 'embedded', 'backend-choice', 'source-input', 'samples']) $(id).disabled = busy;
+  for (const id of ['export-files', 'export-folder', 'embedded', 'backend-choice', 'source-input', 'driving-input', 'samples']) {
+    $(id).disabled = busy;
+  }
 }
 
 function draw(id, rgba) {
@@ -70,6 +72,7 @@ async function loadOrt() {
   // threads need SharedArrayBuffer, which only a cross-origin isolated page has; ?threads=N sets them
   const most = globalThis.crossOriginIsolated ? Math.max(1, Math.min(4, navigator.hardwareConcurrency || 1)) : 1;
   ort.env.wasm.numThreads = Math.min(most, Number(params.get('threads')) || most);
+  if (params.get('log')) ort.env.logLevel = params.get('log'); // ?log=verbose: onnxruntime's own log in the console
 }
 
 async function loadModel(get, label) {
@@ -91,6 +94,7 @@ async function loadModel(get, label) {
   if (engine) await engine.release();
   engine = next;
   model = { get, label };
+  Object.assign(result, { frames: [], driving: [], times: [] }); // frames of another model's size
   $('model-name').textContent = engine.name;
   $('backend').textContent = describeBackend(ort, backend);
   if (source) await setSource(source.file);
@@ -342,7 +346,9 @@ $('backend-choice').addEventListener('change', () => guarded(() => (model ? load
   : loadModel(urlFolder(EMBEDDED), 'embedded model'))));
 if (params.get('backend')) $('backend-choice').value = params.get('backend');
 
+// ?model=FOLDER/ starts with another export folder of the same site (a host serving several models)
+const START = params.get('model') || EMBEDDED;
 guarded(async () => {
   await loadOrt();
-  await loadModel(urlFolder(EMBEDDED), 'embedded model');
+  await loadModel(urlFolder(START), START === EMBEDDED ? 'embedded model' : START);
 });
