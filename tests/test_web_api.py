@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, require
 from media.video_io import VideoWriter, open_video, probe_video
 
 EXAMPLES = ROOT / 'docs' / 'examples'
@@ -34,8 +34,19 @@ def inputs(tmp_path_factory):
     return photos, driving
 
 
+def test_animate_endpoint_takes_the_documented_inputs(app_server):
+    import json
+    import urllib.request
+    with urllib.request.urlopen(app_server[0] + 'gradio_api/info', timeout=30) as res:
+        endpoints = json.load(res)['named_endpoints']
+    names = [p['parameter_name'] for p in endpoints['/animate']['parameters']]
+    assert names == ['source', 'driving', 'relative', 'adapt', 'fitting', 'initial', 'best', 'crop', 'paste', 'detector',
+                     'config', 'checkpoint', 'upload', 'precision']  # docs/web.md and animate_curl.sh give them in this order
+    assert '/lambda' not in endpoints  # the page's own source preview is not offered to scripts
+
+
 def test_gradio_client_example_animates_a_folder(app_server, inputs, tmp_path):
-    pytest.importorskip('gradio_client', reason='the example needs gradio_client (installed with gradio)')
+    require('gradio_client', 'the example needs gradio_client (installed with gradio)')
     photos, driving = inputs
     out = tmp_path / 'results'
     res = subprocess.run([sys.executable, str(EXAMPLES / 'animate_folder.py'), '--server', app_server[0],

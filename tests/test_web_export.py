@@ -5,9 +5,8 @@ stale export fails here: Makefile, target web, says how to write it again)."""
 import json
 
 import numpy as np
-import pytest
 
-from conftest import ROOT
+from conftest import ROOT, require
 
 EXPORT = ROOT / 'web' / 'models' / 'shapes-64'
 CHECKPOINT = ROOT / 'checkpoints' / 'shapes-64.pth.tar'
@@ -15,7 +14,7 @@ CONFIG = ROOT / 'config' / 'shapes-64.yaml'
 
 
 def test_shipped_export_is_the_embedded_checkpoint(one_thread):
-    pytest.importorskip('onnxruntime', reason='needs onnxruntime: pip install -r requirements-onnx.txt')
+    require('onnxruntime', 'needs onnxruntime: pip install -r requirements-onnx.txt')
     from core.config import load_config
     from engine.onnx_engine import OnnxEngine
     from engine.torch_engine import AnimationEngine
