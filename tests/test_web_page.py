@@ -227,6 +227,41 @@ def test_webcam_drives_the_page(page):
     page.uncheck('#steady')
 
 
+def ffmpeg(*args):
+    import imageio_ffmpeg
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), '-hide_banner', '-loglevel', 'error', '-y', *args], check=True)
+
+
+def test_other_videos_turned_upright_or_played(page, tmp_path):
+    """A phone-style MP4 (display matrix: a quarter turn) comes out upright as demo.py reads it; a
+    WebM (not demuxed here) plays in a <video> element, with the warning that frames may be missing."""
+    from media.images import fit
+    from media.video_io import open_video
+    ffmpeg('-f', 'lavfi', '-i', 'testsrc2=size=64x48:rate=10:duration=0.5', '-c:v', 'libx264', '-pix_fmt', 'yuv420p',
+           str(tmp_path / 'plain.mp4'))
+    ffmpeg('-display_rotation', '90', '-i', str(tmp_path / 'plain.mp4'), '-c', 'copy', str(tmp_path / 'turned.mp4'))
+    page.set_input_files('#driving-input', str(tmp_path / 'turned.mp4'))
+    page.get_by_role('button', name='Animate').click()
+    page.wait_for_function('fomm.info().state === "done"')
+    got = data_urls(page.evaluate('fomm.drivingFrames()')).astype(float)
+    video = open_video(tmp_path / 'turned.mp4')  # upright, as demo.py reads it
+    upright = np.stack([fit(f, (64, 64), 'resize') for f in video.read(range(video.num_frames))]).astype(float)
+    assert got.shape == upright.shape
+    error = np.abs(got - upright).mean()  # the browser's and OpenCV's resizing differ a little
+    for k in (1, 2, 3):  # any other orientation is far further away
+        other = np.stack([fit(np.rot90(f, k), (64, 64), 'resize') for f in upright.astype(np.uint8)]).astype(float)
+        assert error < 0.25 * np.abs(got - other).mean()
+
+    ffmpeg('-i', str(SAMPLE), '-frames:v', '8', '-c:v', 'libvpx-vp9', '-b:v', '500k', str(tmp_path / 'clip.webm'))
+    page.set_input_files('#driving-input', str(tmp_path / 'clip.webm'))
+    page.get_by_role('button', name='Animate').click()
+    page.wait_for_function('fomm.info().state === "done"')
+    now = info(page)
+    assert now['decoder'].startswith('<video> element') and 1 <= now['frames'] <= 8
+    assert 'decoded by a <video> element (not an MP4/MOV file)' in now['message']
+    assert not page.errors
+
+
 def test_bad_inputs_give_a_message_on_the_page(page, tmp_path):
     notes = tmp_path / 'notes.txt'
     notes.write_text('this is not an image\n')

@@ -192,33 +192,36 @@ async function elementVideo(file, shape, fit, why) {
   return {
     method: '<video> element (frames as presented)', fps: null, count: null, warnings,
     async* frames() {
-      const queue = [];
-      let ended = false, wake = null, lastTime = -1, step = Infinity, skipped = 0;
-      const signal = () => { if (wake) { wake(); wake = null; } };
-      const grab = (now, meta) => {
-        if (lastTime >= 0) {
-          const gap = meta.mediaTime - lastTime;
-          if (gap > 0) step = Math.min(step, gap);
-          if (gap > 1.5 * step) skipped += Math.round(gap / step) - 1;
-        }
-        lastTime = meta.mediaTime;
-        queue.push({ rgba: drawFitted(video, video.videoWidth, video.videoHeight, shape, fit), time: meta.mediaTime });
-        if (queue.length > 8) video.pause(); // the model is slower than playback: wait for it
-        signal();
-        if (!ended) video.requestVideoFrameCallback(grab);
-      };
-      video.onended = () => { ended = true; signal(); };
-      video.requestVideoFrameCallback(grab);
+      // one frame at a time: the video pauses as each frame is presented and plays again when the
+      // next one is wanted, at a quarter of its speed, so that a busy page misses as few frames as it can
+      let lastTime = -1, step = Infinity, skipped = 0, ended = false;
+      video.playbackRate = 0.25;
+      const next = () => new Promise((resolve) => {
+        const done = () => { ended = true; resolve(null); };
+        video.onended = done;
+        video.requestVideoFrameCallback((now, meta) => {
+          video.pause();
+          video.onended = null;
+          resolve({ rgba: drawFitted(video, video.videoWidth, video.videoHeight, shape, fit), time: meta.mediaTime });
+        });
+        if (video.ended) done();
+        else video.play().catch(done);
+      });
       try {
-        await video.play();
-        while (true) {
-          if (queue.length) {
-            yield queue.shift();
-            if (queue.length < 2 && video.paused && !ended) await video.play();
-            continue;
+        if (video.readyState < 2) await new Promise((resolve) => { video.onloadeddata = resolve; });
+        // the first frame is on show before playing starts: no frame callback comes for it
+        let first = { rgba: drawFitted(video, video.videoWidth, video.videoHeight, shape, fit), time: video.currentTime };
+        while (!ended) {
+          const frame = first || await next();
+          first = null;
+          if (!frame) break;
+          if (lastTime >= 0) {
+            const gap = frame.time - lastTime;
+            if (gap > 0) step = Math.min(step, gap);
+            if (gap > 1.5 * step) skipped += Math.round(gap / step) - 1;
           }
-          if (ended) break;
-          await new Promise((resolve) => { wake = resolve; });
+          lastTime = frame.time;
+          yield frame;
         }
         if (skipped) warnings.push(`${skipped} frame(s) of ${file.name} were skipped by the browser's player (convert it to MP4/H.264 for every frame)`);
         this.fps = Number.isFinite(step) ? 1 / step : null;

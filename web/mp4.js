@@ -224,6 +224,8 @@ function signed32(u) {
  * presentation order that an edit list keeps, with `time` in seconds from the first}. */
 export function parseMp4(buffer) {
   const view = new DataView(buffer);
+  const first = view.byteLength >= 8 ? String.fromCharCode(...new Uint8Array(buffer, 4, 4)) : '';
+  if (!/^[a-z]{4}$/.test(first)) throw new Mp4Error('not an MP4/MOV file');
   const top = boxes(view, 0, view.byteLength);
   if (top.some((b) => b.type === 'moof')) throw new Mp4Error('fragmented MP4');
   const moov = top.find((b) => b.type === 'moov');
