@@ -8,7 +8,8 @@ import { KeypointSmoother, normalizeKp, takeFrames } from './keypoints.js';
 const EMBEDDED = 'models/shapes-64/';
 const SAMPLES = { source: 'samples/shapes-source.png', driving: 'samples/shapes-driving.mp4' };
 const VIDEO_BATCH = 4; // driving frames per pass of the graphs
-const KEEP_FRAMES = 3000; // frames kept for download and for window.fomm.frames() (video runs)
+const KEEP_FRAMES = 3000; // frames kept for download and for window.fomm.frames() (video runs) ...
+const KEEP_BYTES = 512e6; // ... at most this much memory, results and driving frames together
 const KEEP_WEBCAM = 300; // the webcam's last frames kept
 
 const $ = (id) => document.getElementById(id);
@@ -139,7 +140,8 @@ function startRun(kind) {
   return run;
 }
 
-function keep(rgba, drivingRgba, time, limit) {
+function keep(rgba, drivingRgba, time, most) {
+  const limit = Math.min(most, Math.floor(KEEP_BYTES / (2 * rgba.length)));
   result.frames.push(rgba);
   result.driving.push(drivingRgba);
   result.times.push(time);
