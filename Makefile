@@ -2,14 +2,14 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install install-test demo test app gpu-check
+.PHONY: install install-test demo test app web gpu-check
 
 install:
 	$(PIP) install torch==2.13.0
 	$(PIP) install -r requirements.txt
 
 # the optional extras the tests exercise (web app, ONNX runtime, face tools): see requirements-test.txt
-install-test: install
+install-test: install web
 	$(PIP) install -r requirements-test.txt
 	$(PIP) install --no-deps face-alignment==1.5.0
 
@@ -31,3 +31,17 @@ app: install
 # under 10 minutes on one GPU; without CUDA it runs its CPU half (docs/gpu.md)
 gpu-check:
 	$(PYTHON) bench/gpu_check.py
+
+# the in-browser page (web/, served by app.py at /web/ or by any static host with the COOP/COEP
+# headers of docs/web.md): onnxruntime-web at the version pinned in web/package-lock.json, its
+# files copied next to the page (web/vendor/), and the samples (web/samples/). The embedded model's
+# export, web/models/shapes-64/, is in the repository; after retraining the embedded default, write
+# it again with:
+#   python export.py --config config/shapes-64.yaml --checkpoint checkpoints/shapes-64.pth.tar \
+#       --out web/models/shapes-64 --overwrite
+ORT_DIST = web/node_modules/onnxruntime-web/dist
+web:
+	cd web && npm ci --no-audit --no-fund --ignore-scripts
+	mkdir -p web/vendor web/samples
+	cp $(ORT_DIST)/ort.min.mjs $(ORT_DIST)/ort-wasm-simd-threaded.jsep.mjs $(ORT_DIST)/ort-wasm-simd-threaded.jsep.wasm web/vendor/
+	cp assets/shapes-source.png assets/shapes-driving.mp4 web/samples/

@@ -14,6 +14,10 @@ computed once; a button makes the current frame the reference for relative motio
 Models are loaded once and shared by requests (ModelCache); a queue bounds how many animations
 run at once; uploads are capped; every bad input gives one line in the page. The handlers are
 plain methods of `App` (tested without a browser); the Gradio blocks in `build_page` only call them.
+Scripts call the Animate tab's endpoint, /animate (gradio_client or curl: docs/web.md).
+
+The in-browser page (web/, built by `make web`: the networks run in the visitor's browser) is
+served at /web/ with the cross-origin isolation headers that WebAssembly threads need.
 """
 import argparse
 import atexit
@@ -54,6 +58,9 @@ CHECKPOINT_SUFFIXES = ('.pth.tar', '.pth', '.pt', '.tar')
 INITIAL_FRAMES = ('first frame', 'frame number', 'find best frame')
 KEEP_OUTPUTS_S = 600  # Gradio copies a result into its own cache when the handler returns
 LIVE_SECONDS = 600  # one webcam stream's share of the queue before it has to be restarted
+WEB_DIR = ROOT / 'web'  # the in-browser page (docs/web.md)
+# SharedArrayBuffer, and so onnxruntime-web's WebAssembly threads, needs a cross-origin isolated page
+CROSS_ORIGIN_ISOLATION = {'Cross-Origin-Opener-Policy': 'same-origin', 'Cross-Origin-Embedder-Policy': 'require-corp'}
 
 
 class AppError(ValueError):
@@ -507,9 +514,11 @@ def animate_tab(gr, app: App, model: list) -> None:
         result, preview = page_call(app.animate, request, progress=step)
         return result, preview, '%d frames in %.1f s' % (frames[0], time.perf_counter() - start)
 
-    source.change(lambda path: source_preview(app, path), source, shown, show_progress='hidden')
+    source.change(lambda path: source_preview(app, path), source, shown, show_progress='hidden',
+                  api_visibility='private')  # the page's own preview, not for scripts
+    # api_name: the endpoint scripts call (gradio_client's api_name='/animate', curl's /gradio_api/call/animate)
     button.click(animate, [source, driving, relative, adapt, fitting, initial, best, crop, paste, detector] + model,
-                 [result, preview, status], concurrency_id='animate')
+                 [result, preview, status], concurrency_id='animate', api_name='animate')
 
 
 def live_tab(gr, app: App, model: list) -> None:
@@ -548,7 +557,9 @@ def build_page(app: App, precision: str = 'auto', concurrency: int = 1):
 
     with gr.Blocks(title='First Order Motion Model', delete_cache=(KEEP_OUTPUTS_S, 3600)) as page:
         gr.Markdown('## First Order Motion Model: animate a picture with the motion of a video\n'
-                    'Upload a source image and a driving video (or keep the samples) and press Animate.')
+                    'Upload a source image and a driving video (or keep the samples) and press Animate. '
+                    'Or [run in your browser](web/): the same model on your own computer (onnxruntime-web), '
+                    'with a video or your webcam.', elem_id='intro')
         model = model_block(gr, app, precision)
         with gr.Tab('Animate'):
             animate_tab(gr, app, model)
@@ -557,6 +568,24 @@ def build_page(app: App, precision: str = 'auto', concurrency: int = 1):
     # every event is queued; these limits bound the animations (and webcam streams) running at once
     page.queue(default_concurrency_limit=concurrency, max_size=max(16, 8 * concurrency))
     return page
+
+
+def web_routes() -> list:
+    """The in-browser page (web/) mounted at /web/, every response with the cross-origin isolation
+    headers (CROSS_ORIGIN_ISOLATION); npm's node_modules folder is not served."""
+    from starlette.exceptions import HTTPException
+    from starlette.routing import Mount
+    from starlette.staticfiles import StaticFiles
+
+    class IsolatedFiles(StaticFiles):
+        async def get_response(self, path: str, scope):
+            if path.replace('\\', '/').split('/')[0] == 'node_modules':
+                raise HTTPException(status_code=404)
+            response = await super().get_response(path, scope)
+            response.headers.update(CROSS_ORIGIN_ISOLATION)
+            return response
+
+    return [Mount('/web', app=IsolatedFiles(directory=str(WEB_DIR), html=True, check_dir=False), name='web')]
 
 
 def theme(gr):
@@ -626,14 +655,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         page.launch(server_name=args.host, server_port=args.port, show_error=False, ssr_mode=False, quiet=True,
                     max_file_size='%dmb' % int(max(limits.max_upload_mb, limits.max_checkpoint_mb) + 1),
-                    theme=theme(gr), footer_links=[], allowed_paths=[], prevent_thread_lock=True)
+                    theme=theme(gr), footer_links=[], allowed_paths=[], prevent_thread_lock=True,
+                    app_kwargs={'routes': web_routes()})
     except OSError as e:  # the port is taken, or the address is not this machine's
         app.close()
         reason = 'in use, or not an address of this machine' if 'empty port' in str(e) else tidy(e, {})
         print('%s: error: --host %s --port %d: %s (choose another with --port N)'
               % (PROG, args.host, args.port, reason), file=sys.stderr)
         return 1
-    print('%s: serving on http://%s:%d (Ctrl-C stops)' % (PROG, args.host, args.port), file=sys.stderr)
+    print('%s: serving on http://%s:%d (Ctrl-C stops); the in-browser page at /web/%s'
+          % (PROG, args.host, args.port, '' if (WEB_DIR / 'vendor').is_dir() else ' (build it first: make web)'),
+          file=sys.stderr)
     try:
         page.block_thread()  # until Ctrl-C or SIGTERM, which close the server
     finally:

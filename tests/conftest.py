@@ -53,6 +53,18 @@ def pytest_make_collect_report(collector):
     _no_skips_in_ci(outcome.get_result())
 
 
+def require(module: str, reason: str):
+    """The module imported, or skip the test with the reason (fail where CI is set: nothing may
+    skip there)."""
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        if os.environ.get('CI'):
+            pytest.fail(reason + ' (CI is set: nothing may skip)')
+        pytest.skip(reason)
+
+
 @pytest.fixture
 def shared():
     return shared_path
@@ -92,3 +104,46 @@ def haar_ok() -> bool:
 def box_inside(box, outer) -> bool:
     """An (x0, y0, x1, y1) box lies within another."""
     return box[0] >= outer[0] and box[1] >= outer[1] and box[2] <= outer[2] and box[3] <= outer[3]
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope='session')
+def app_server(tmp_path_factory):
+    """app.py started once for the tests that need a running server (the in-browser page at /web/,
+    the scripts API): (url, process); its log is shown when it fails to start."""
+    import subprocess
+    import time
+    import urllib.request
+
+    require('gradio', 'the web app needs gradio: pip install -r requirements-app.txt')
+    port = free_port()
+    log = tmp_path_factory.mktemp('app-server') / 'app.log'
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get('OMP_NUM_THREADS', '1'), GRADIO_ANALYTICS_ENABLED='False')
+    with open(log, 'w') as out:
+        proc = subprocess.Popen([sys.executable, str(ROOT / 'app.py'), '--port', str(port), '--precision', 'fp32'],
+                                cwd=str(ROOT), stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = 'http://127.0.0.1:%d/' % port
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as res:
+                if res.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail('app.py did not start:\n%s' % log.read_text()[-3000:])
+        time.sleep(0.3)
+    yield url, proc
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
