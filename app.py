@@ -40,7 +40,9 @@ import numpy as np
 
 from core.cli import HelpFormatter, one_line_warnings
 from media.images import FITS, MediaError, fit, read_image
+from engine.smoothing import KeypointSmoother
 from engine.torch_engine import AnimationEngine
+from media.formats import DEFAULT_VIDEO
 from media.outputs import OutputError, check_outputs
 from pipeline import PhotoOptions, animate_photo
 from core.runtime import PRECISIONS
@@ -97,6 +99,12 @@ class AnimateRequest:
     paste_back: bool = False
     detector: str = 'haar'
     fit: str = 'resize'
+    smooth: bool = False  # steady the driving keypoints (engine.smoothing)
+
+
+# what the page calls the options that pipeline.py's messages name (demo.py's flags there)
+PAGE_NAMES = {'driving': 'driving video', 'best_frame': 'frame number', 'find_best_frame': '"find best frame"',
+              'crop_source': '"Crop the face from the source"', 'paste_back': '"Paste back"'}
 
 
 # ------------------------------------------------------------------------------ models
@@ -270,14 +278,12 @@ class App:
             return self.models.get(config, checkpoint, choice.precision)
         except (CheckpointError, ConfigError, ValueError, OSError) as e:
             what = ' + '.join(names[p] for p in (config, checkpoint) if p)
-            line = tidy(e, names).replace('give --config', 'choose its config')
-            raise AppError('model %s: %s' % (what, line)) from None
+            raise AppError('model %s: %s' % (what, tidy(e, names))) from None
 
     # ------------------------------------------------------------------------ animate
-    def photo_options(self, request: AnimateRequest) -> PhotoOptions:
-        """demo.py's options from the page's controls, checked in the page's words."""
-        if request.paste_back and not request.crop_source:
-            raise AppError('"Paste back" needs "Crop the face from the source" (it pastes the animated crop back)')
+    def photo_options(self, request: AnimateRequest, fps: Optional[float] = None) -> PhotoOptions:
+        """demo.py's options from the page's controls (fps: the driving video's, for the keypoint
+        filter), checked with the page's names for them."""
         if request.fit not in FITS:
             raise AppError('fit: %r is not one of %s' % (request.fit, ', '.join(FITS)))
         if request.initial not in INITIAL_FRAMES:
@@ -288,17 +294,23 @@ class App:
                 best = int(request.best_frame)
             except (TypeError, ValueError):
                 raise AppError('frame number: %r is not a whole number' % (request.best_frame,)) from None
-        return PhotoOptions(relative=bool(request.relative), adapt_scale=bool(request.adapt_scale), fit=request.fit,
-                            crop_source=bool(request.crop_source), paste_back=bool(request.paste_back),
-                            detector=request.detector, best_frame=best,
-                            find_best_frame=request.initial == 'find best frame')
+        options = PhotoOptions(relative=bool(request.relative), adapt_scale=bool(request.adapt_scale), fit=request.fit,
+                               crop_source=bool(request.crop_source), paste_back=bool(request.paste_back),
+                               detector=request.detector, best_frame=best,
+                               find_best_frame=request.initial == 'find best frame',
+                               smooth=KeypointSmoother(fps or 25.0) if request.smooth else None)
+        try:
+            options.check(PAGE_NAMES)
+        except ValueError as e:
+            raise AppError(str(e)) from None
+        return options
 
     def output_paths(self, source: str, driving: str) -> Tuple[str, str]:
         """A fresh folder for one request's result and preview, named after the inputs."""
         self.prune()
         folder = tempfile.mkdtemp(dir=self.outputs)
         stem = '%s-by-%s' % (safe_stem(source), safe_stem(driving))
-        result, preview = os.path.join(folder, stem + '.mp4'), os.path.join(folder, stem + '-preview.mp4')
+        result, preview = os.path.join(folder, stem + DEFAULT_VIDEO), os.path.join(folder, stem + '-preview' + DEFAULT_VIDEO)
         check_outputs({'result': result, 'preview': preview}, {'source image': source, 'driving video': driving})
         return result, preview
 
@@ -307,20 +319,20 @@ class App:
         """(result video, side-by-side preview) for one request: pipeline.animate_photo, as demo.py."""
         from analysis.face import FaceToolsError
 
-        options = self.photo_options(request)
+        self.photo_options(request)  # the controls first: a wrong one fails before any file is read
         photo = self.read_source(request.source)
         video = self.open_driving(request.driving)
+        options = self.photo_options(request, video.info.fps)
         names = {str(request.source): os.path.basename(str(request.source)),
                  str(request.driving): os.path.basename(str(request.driving))}
         engine = self.engine(request.model)
         result, preview = self.output_paths(request.source, request.driving)
         try:
             animate_photo(engine, photo, video, result, options, preview=preview, progress=progress,
-                          device=str(engine.device))
+                          device=str(engine.device), names=PAGE_NAMES)
         except (MediaError, OutputError, FaceToolsError, ValueError) as e:
             shutil.rmtree(os.path.dirname(result), ignore_errors=True)
-            line = tidy(e, names).replace('--best_frame', 'frame number')  # the page's words for demo.py's flags
-            raise AppError(line.replace('--detector haar', 'the haar detector')) from None
+            raise AppError(tidy(e, names)) from None
         except BaseException:
             shutil.rmtree(os.path.dirname(result), ignore_errors=True)
             raise
@@ -338,7 +350,7 @@ class App:
 
     # --------------------------------------------------------------------------- live
     def live_frame(self, session: Optional['LiveSession'], frame: Optional[np.ndarray], source: Optional[str],
-                   choice: ModelChoice, relative: bool = True, adapt_scale: bool = False):
+                   choice: ModelChoice, relative: bool = True, adapt_scale: bool = False, smooth: bool = False):
         """One webcam frame -> (animated frame or None, speed line, session). The source is set
         once per (source, model); the reference is the first frame, or the one after a reset."""
         session = session if session is not None else LiveSession()
@@ -362,7 +374,7 @@ class App:
             engine.set_source(fit(photo, engine.frame_shape, 'resize'))
             session.start(engine, key)
         driving = fit(np.asarray(frame), session.engine.frame_shape, 'crop')  # webcams are wider than tall
-        return session.animate(driving, relative, adapt_scale), session.speed(), session
+        return session.animate(driving, relative, adapt_scale, smooth), session.speed(), session
 
     def live_reference(self, session: Optional['LiveSession']):
         """The 'use this frame as reference' button: the next webcam frame becomes the reference."""
@@ -387,12 +399,15 @@ class LiveSession:
         self.latency.clear()
         self.arrivals.clear()
 
-    def animate(self, driving: np.ndarray, relative: bool, adapt_scale: bool) -> np.ndarray:
+    def animate(self, driving: np.ndarray, relative: bool, adapt_scale: bool, smooth: bool = False) -> np.ndarray:
         start = time.perf_counter()
+        if bool(smooth) != (self.engine.smoother is not None):  # the page's checkbox turned on or off
+            self.engine.set_smoothing(KeypointSmoother() if smooth else None)
         if self.reset:
             self.engine.set_reference(driving)
             self.reset = False
-        out = self.engine.animate_frame(driving, relative=bool(relative), adapt_scale=bool(adapt_scale))
+        dt = start - self.arrivals[-1] if self.arrivals else None  # the webcam's frames, filtered at their times
+        out = self.engine.animate_frame(driving, relative=bool(relative), adapt_scale=bool(adapt_scale), dt=dt)
         now = time.perf_counter()
         self.latency.append(now - start)
         self.arrivals.append(now)
@@ -492,6 +507,7 @@ def animate_tab(gr, app: App, model: list) -> None:
             crop = gr.Checkbox(False, label='Crop the face from the source')
             paste = gr.Checkbox(False, label='Paste back into the full photo')
             detector = gr.Radio(['haar', 'face_alignment'], value='haar', label='Face detector')
+            smooth = gr.Checkbox(False, label='Steady keypoints', info='less trembling when still, no lag when moving')
     button = gr.Button('Animate', variant='primary', elem_id='animate-button')
     with gr.Row():
         result = gr.Video(label='Result', buttons=['download'], elem_id='result-video', interactive=False,
@@ -501,9 +517,12 @@ def animate_tab(gr, app: App, model: list) -> None:
     status = gr.Markdown(elem_id='animate-status')
 
     def animate(source, driving, relative, adapt, fitting, initial, best, crop, paste, detector,
-                config, checkpoint, upload, precision, progress=gr.Progress()):
-        request = AnimateRequest(source, driving, ModelChoice(config, checkpoint, upload, precision), relative, adapt,
-                                 initial, best, crop, paste, detector, fitting)
+                config, checkpoint, upload, precision, smooth=False, progress=gr.Progress()):
+        request = AnimateRequest(source=source, driving=driving,
+                                 model=ModelChoice(config=config, checkpoint=checkpoint, upload=upload,
+                                                   precision=precision),
+                                 relative=relative, adapt_scale=adapt, initial=initial, best_frame=best,
+                                 crop_source=crop, paste_back=paste, detector=detector, fit=fitting, smooth=smooth)
         start, frames = time.perf_counter(), [0]
 
         def step(done: int, total: int) -> None:
@@ -517,8 +536,9 @@ def animate_tab(gr, app: App, model: list) -> None:
     source.change(lambda path: source_preview(app, path), source, shown, show_progress='hidden',
                   api_visibility='private')  # the page's own preview, not for scripts
     # api_name: the endpoint scripts call (gradio_client's api_name='/animate', curl's /gradio_api/call/animate)
-    button.click(animate, [source, driving, relative, adapt, fitting, initial, best, crop, paste, detector] + model,
-                 [result, preview, status], concurrency_id='animate', api_name='animate')
+    # smooth comes last: scripts written before it keep their order (it defaults to off)
+    button.click(animate, [source, driving, relative, adapt, fitting, initial, best, crop, paste, detector] + model
+                 + [smooth], [result, preview, status], concurrency_id='animate', api_name='animate')
 
 
 def live_tab(gr, app: App, model: list) -> None:
@@ -533,19 +553,20 @@ def live_tab(gr, app: App, model: list) -> None:
         reference = gr.Button('Use this frame as reference', elem_id='reference-button')
         relative = gr.Checkbox(True, label='Relative motion')
         adapt = gr.Checkbox(False, label='Adapt scale')
+        smooth = gr.Checkbox(False, label='Steady keypoints')
         speed = gr.Textbox(label='Speed', interactive=False, elem_id='live-speed')
     session = gr.State(None)
 
-    def frame_in(frame, source, relative, adapt, session, config, checkpoint, upload, precision):
+    def frame_in(frame, source, relative, adapt, smooth, session, config, checkpoint, upload, precision):
         session = session if session is not None else LiveSession()
         try:
-            choice = ModelChoice(config, checkpoint, upload, precision)
-            out, line, session = app.live_frame(session, frame, source, choice, relative, adapt)
+            choice = ModelChoice(config=config, checkpoint=checkpoint, upload=upload, precision=precision)
+            out, line, session = app.live_frame(session, frame, source, choice, relative, adapt, smooth)
         except AppError as e:  # shown in place of the speed: a toast per frame would flood the page
             return None, str(e), session
         return (shown_image(out, 256) if out is not None else None), line, session
 
-    webcam.stream(frame_in, [webcam, source, relative, adapt, session] + model, [shown, speed, session],
+    webcam.stream(frame_in, [webcam, source, relative, adapt, smooth, session] + model, [shown, speed, session],
                   stream_every=0.1, time_limit=LIVE_SECONDS, concurrency_id='live', show_progress='hidden')
     reference.click(app.live_reference, session, [session, speed], show_progress='hidden')
 

@@ -15,7 +15,7 @@ import contextlib
 import os
 import sys
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from engine.smoothing import KeypointSmoother
 from media.images import fit
 
 Progress = Callable[[int, int], None]  # (frames done, frames in all)
+# what messages call the options: demo.py's flags; the web page passes its own controls' names
+FLAG_NAMES = {'driving': '--driving_video', 'best_frame': '--best_frame', 'find_best_frame': '--find_best_frame',
+              'crop_source': '--crop_source', 'paste_back': '--paste_back'}
 
 
 @dataclass
@@ -40,21 +43,24 @@ class PhotoOptions:
     audio: bool = True  # copy the driving video's audio into the result and preview
     smooth: Optional[KeypointSmoother] = None  # steadies the driving keypoints (engine.smoothing)
 
-    def check(self) -> None:
-        """Options that exclude each other: ValueError naming the flags."""
+    def check(self, names: Dict[str, str] = FLAG_NAMES) -> None:
+        """Options that exclude each other: ValueError naming them as `names` does."""
         if self.paste_back and not self.crop_source:
-            raise ValueError('--paste_back needs --crop_source (it pastes the animated face crop back)')
+            raise ValueError('%s needs %s (it pastes the animated face crop back)'
+                             % (names['paste_back'], names['crop_source']))
         if self.find_best_frame and self.best_frame is not None:
-            raise ValueError('--find_best_frame and --best_frame N exclude each other')
+            raise ValueError('%s and %s exclude each other' % (names['find_best_frame'], names['best_frame']))
 
 
-def check_driving(video, options: PhotoOptions, what: str = '--driving_video') -> None:
-    """A driving video with frames, and best_frame within them."""
+def check_driving(video, options: PhotoOptions, names: Dict[str, str] = FLAG_NAMES) -> None:
+    """A driving video with frames, and best_frame within them; messages name the options as
+    `names` does."""
     if video.num_frames < 1:
-        raise ValueError('%s: %s has no frames' % (what, video.path))
+        raise ValueError('%s: %s has no frames' % (names['driving'], video.path))
     if options.best_frame is not None and not 0 <= options.best_frame < video.num_frames:
-        raise ValueError('--best_frame: %d is outside 0..%d (%s has %d frames)'
-                         % (options.best_frame, video.num_frames - 1, video.path, video.num_frames))
+        raise ValueError('%s: %d is outside 0..%d (%s has %d frames)'
+                         % (names['best_frame'], options.best_frame, video.num_frames - 1, video.path,
+                            video.num_frames))
 
 
 def prepare_source(photo: np.ndarray, size, options: PhotoOptions, device: str = 'cpu', what: str = 'source image'):
@@ -87,14 +93,15 @@ def initial_frame(video, source: np.ndarray, size, options: PhotoOptions, landma
 
 def animate_photo(engine, photo: np.ndarray, video, result: str, options: PhotoOptions,
                   preview: Optional[str] = None, landmarker=None, progress: Optional[Progress] = None,
-                  device: str = 'cpu') -> str:
+                  device: str = 'cpu', names: Dict[str, str] = FLAG_NAMES) -> str:
     """Animate `photo` (uint8 (H, W, 3)) by `video` (a video_io.VideoSource) into `result` (and the
-    `preview`); the caller has checked the output paths (outputs.check_outputs). Returns `result`."""
+    `preview`); the caller has checked the output paths (outputs.check_outputs). Returns `result`.
+    `names`: what messages call the options (demo.py's flags by default)."""
     from analysis import face
     from media.video_io import VideoWriter, copy_audio, has_audio
 
-    options.check()
-    check_driving(video, options)
+    options.check(names)
+    check_driving(video, options, names)
     size = engine.frame_shape
     source, geometry = prepare_source(photo, size, options, device)
     initial = initial_frame(video, source, size, options, landmarker, progress=progress is not None)

@@ -296,3 +296,27 @@ def test_an_onnx_export_in_checkpoints_runs_on_onnxruntime(server, tmp_path, mon
     assert np.abs(outputs[0] - outputs[1]).max() <= 1  # rounding of outputs 1e-4 apart
     result, _ = web.page_call(server.animate, request(model=onnx))
     assert probe_video(result).num_frames == len(frames)
+
+
+def test_steady_keypoints_from_the_page(server):
+    """The Animate tab's and the Live tab's 'Steady keypoints': the same One-Euro filter as demo.py
+    --smooth (the driving video's rate for a video, the frames' own times for the webcam), and on a
+    still, noisy webcam it shimmers less; turning it off removes the filter."""
+    plain, _ = web.page_call(server.animate, request())
+    steady, _ = web.page_call(server.animate, request(smooth=True))
+    a, b = (np.stack(list(open_video(p))).astype(int) for p in (plain, steady))
+    assert a.shape == b.shape and not np.array_equal(a, b)  # the filter was applied
+    frame = open_video(DRIVING).read([0])[0]
+    rng = np.random.default_rng(0)
+    noisy = [np.clip(frame + rng.normal(0, 4, frame.shape), 0, 255).astype(np.uint8) for _ in range(12)]
+    change = {}
+    for smooth in (False, True):
+        session, outs = None, []
+        for f in noisy:
+            out, _, session = server.live_frame(session, f, SOURCE, FP32, smooth=smooth)
+            outs.append(out.astype(int))
+        assert (session.engine.smoother is not None) == smooth
+        change[smooth] = np.abs(np.diff(np.stack(outs), axis=0)).mean()
+    assert change[False] > 0 and change[True] < change[False], change
+    server.live_frame(session, noisy[0], SOURCE, FP32, smooth=False)
+    assert session.engine.smoother is None

@@ -41,7 +41,9 @@ def test_animate_endpoint_takes_the_documented_inputs(app_server):
         endpoints = json.load(res)['named_endpoints']
     names = [p['parameter_name'] for p in endpoints['/animate']['parameters']]
     assert names == ['source', 'driving', 'relative', 'adapt', 'fitting', 'initial', 'best', 'crop', 'paste', 'detector',
-                     'config', 'checkpoint', 'upload', 'precision']  # docs/web.md and animate_curl.sh give them in this order
+                     'config', 'checkpoint', 'upload', 'precision', 'smooth']  # docs/web.md and animate_curl.sh give them in this order
+    smooth = endpoints['/animate']['parameters'][-1]
+    assert smooth['parameter_has_default'] and smooth['parameter_default'] is False  # older scripts need not send it
     assert '/lambda' not in endpoints  # the page's own source preview is not offered to scripts
 
 

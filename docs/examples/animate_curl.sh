@@ -14,10 +14,10 @@ file() { echo "{\"path\": \"$1\", \"meta\": {\"_type\": \"gradio.FileData\"}}"; 
 
 # 2. call /animate with the Animate tab's inputs, in order: source, driving, relative motion,
 #    adapt scale, fit, initial frame, frame number, crop the face, paste back, face detector,
-#    config, checkpoint, uploaded checkpoint, precision; the answer holds an event id
+#    config, checkpoint, uploaded checkpoint, precision, steady keypoints; the answer holds an event id
 event=$(curl -sf -X POST "$server/gradio_api/call/animate" -H 'Content-Type: application/json' -d "{\"data\": [
   $(file "$source_path"), $(file "$driving_path"), true, false, \"resize\", \"first frame\", 0,
-  false, false, \"haar\", \"shapes-64.yaml\", \"shapes-64.pth.tar\", null, \"auto\"]}")
+  false, false, \"haar\", \"shapes-64.yaml\", \"shapes-64.pth.tar\", null, \"auto\", false]}")
 event_id=$(echo "$event" | cut -d'"' -f4)
 
 # 3. the result: server-sent events ending in 'event: complete' (data: result, preview, summary)
