@@ -52,8 +52,8 @@ def is_ours(path: str) -> bool:
             import json
             with open(path) as f:
                 return json.load(f).get('written_by') == MARK
-        if ext == '.onnx' or ext == '.csv':
-            # written beside a manifest.json / metrics.json of ours
+        if ext in ('.onnx', '.csv', '.md'):
+            # written beside a manifest.json / metrics.json of ours (evaluate.py's metrics.md)
             folder = os.path.dirname(os.path.abspath(path))
             return any(is_ours(os.path.join(folder, name)) for name in ('manifest.json', 'metrics.json')
                        if os.path.isfile(os.path.join(folder, name)))
