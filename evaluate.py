@@ -64,9 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_args(args) -> Tuple[str, Dict[str, str]]:
-    """Flags that need no network: one line naming the flag. Returns the output folder and the
-    report paths."""
+def check_flags(args) -> None:
+    """Flags that need no network: one line naming the flag."""
     for flag in ('real', 'generated'):
         if not os.path.isdir(getattr(args, flag)):
             raise FileNotFoundError('--%s: not a folder: %s' % (flag, getattr(args, flag)))
@@ -79,6 +78,11 @@ def check_args(args) -> Tuple[str, Dict[str, str]]:
                          'docs/evaluation.md for the contract and where to get one')
     if args.kind == 'faces' and (args.pose_model or args.reid_model):
         raise ValueError('--pose_model/--reid_model: only for --kind bodies')
+
+
+def check_outputs_of(args) -> Tuple[str, Dict[str, str]]:
+    """The output rule for the three report files, before any video is read. Returns the output
+    folder and the report paths."""
     out = args.out or os.path.normpath(os.path.abspath(args.generated)) + '-evaluation'
     for flag in ('real', 'generated'):  # an output is never an input: not even inside an input folder
         folder = os.path.realpath(getattr(args, flag))
@@ -147,7 +151,8 @@ def open_pair(real_path: str, generated_path: str, max_frames: Optional[int]):
         raise ValueError('%d generated frames (%s) against %d real ones (%s)'
                          % (generated.num_frames, generated_path, real.num_frames, real_path))
     if (generated.info.height, generated.info.width) != (rh, rw):
-        raise ValueError('generated frames are %dx%d (%s), real ones %dx%d (%s)'
+        raise ValueError('generated frames are %dx%d (%s), real ones %dx%d (%s): compare at one size (e.g. a copy '
+                         'of the test set at the model\'s size: prepare_dataset.py)'
                          % (generated.info.width, generated.info.height, generated_path, rw, rh, real_path))
     return real, generated, min(real.num_frames, max_frames or real.num_frames)
 
@@ -251,8 +256,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     exit_on_sigterm()
     try:
-        _, paths = check_args(args)
-        measurer = make_measurer(args)
+        check_flags(args)
+        measurer = make_measurer(args)  # before the output folder is made: a missing extra leaves nothing
+        _, paths = check_outputs_of(args)
         evaluate(args, paths, measurer)
     except (KeyboardInterrupt, SystemExit) as e:
         if isinstance(e, SystemExit) and e.code in (0, None):

@@ -171,7 +171,7 @@ def test_missing_extra_says_the_line_that_installs_it(faces, tmp_path, hidden):
                          text=True, timeout=120)
     assert res.returncode == 1, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and 'pip install -r requirements-eval.txt' in res.stderr
-    assert not (tmp_path / 'out' / 'metrics.json').exists()
+    assert not (tmp_path / 'out').exists()  # stopped before anything was created
 
 
 # ------------------------------------------------------------------ the measures' arithmetic
@@ -461,3 +461,31 @@ def test_learning_check_reports_akd_and_aed_beside_l1(faces):
     want = np.mean([np.linalg.norm(o.keypoints - observed[0].keypoints, axis=1).mean() for o in observed])
     assert copy['akd'] == pytest.approx(want) and copy['no_detection_real'] == 0
     assert per_video['face-g.mp4']['driven'] > 0  # the L1 figures are still there
+
+
+def test_face_alignment_landmarks_feed_the_same_identity_network(faces, monkeypatch):
+    """landmarks='face_alignment': its 68 points become the dlib shape that aligns the face chip.
+    A stand-in landmarker returning dlib's own points must give dlib's landmarks and embedding."""
+    from analysis import face
+    from analysis.face_measures import FaceMeasurer
+    _, real = faces
+    frames = list(real['face-g'][:2]) + [np.zeros_like(real['face-g'][0])]
+    reference = FaceMeasurer().observe(frames)
+    points = {i: (o.keypoints if o.found else None) for i, o in enumerate(reference)}
+
+    class Given:
+        calls = 0
+
+        def __init__(self, **kwargs):
+            pass
+
+        def __call__(self, frame):
+            Given.calls += 1
+            return points[Given.calls - 1]
+    monkeypatch.setattr(face, 'FaceLandmarker', Given)
+    got = FaceMeasurer(landmarks='face_alignment').observe(frames)
+    assert [o.found for o in got] == [True, True, False] and Given.calls == 3
+    for a, b in zip(got[:2], reference[:2]):
+        assert np.array_equal(a.keypoints, b.keypoints)
+        # the chip is aligned on the points, not on the box: the same embedding up to float rounding
+        assert np.linalg.norm(a.embedding - b.embedding) < 1e-3
