@@ -16,7 +16,6 @@ name) is also measured, and `<log_dir>/animation/metrics.json` / `metrics.csv` h
                face (scale: sqrt of the ratio of their landmarks' hull areas; shift: centroids),
                in pixels of the measured driving frame (see analysis/measures.py).
 
-
 `normalize_kp` lives in modules/keypoints.py; it is importable from here, as in the original.
 """
 import math

@@ -489,3 +489,43 @@ def test_face_alignment_landmarks_feed_the_same_identity_network(faces, monkeypa
         assert np.array_equal(a.keypoints, b.keypoints)
         # the chip is aligned on the points, not on the box: the same embedding up to float rounding
         assert np.linalg.norm(a.embedding - b.embedding) < 1e-3
+
+
+def test_animate_reports_identity_and_motion_of_cross_identity_pairs(faces, tmp_path, monkeypatch):
+    """animate() end to end with an engine whose every frame is the source image: the identity is
+    kept exactly (AED to the source 0), and only pairs of two ids are measured."""
+    import torch
+
+    import animate as animate_mode
+    from core.config import load_config
+    from frames_dataset import FramesDataset, PairedDataset
+    from media.images import resize
+    _, real = faces
+
+    class SourceEcho:
+        @classmethod
+        def from_networks(cls, generator, kp_detector, config, checkpoint, **options):
+            engine = cls()
+            engine.config = load_config(str(ROOT / 'tests' / 'tiny.yaml'))
+            return engine
+
+        def set_source(self, frame):
+            self.source = torch.from_numpy(frame.astype(np.float32) / 255).permute(2, 0, 1)
+
+        def stream(self, frames, **kwargs):
+            frames = list(frames)
+            yield {'frames': frames, 'prediction': self.source[None].repeat(len(frames), 1, 1, 1)}
+    monkeypatch.setattr(animate_mode, 'AnimationEngine', SourceEcho)
+    for name, clip in (('id1#a', real['face-g']), ('id1#b', real['face-g'][::-1]), ('id2#c', real['face-h'])):
+        write_video(tmp_path / 'data' / 'test' / (name + '.mp4'), np.stack([resize(f, 64, 64) for f in clip]), fps=25)
+    pairs = PairedDataset(FramesDataset(root_dir=str(tmp_path / 'data'), frame_shape=(64, 64, 3), is_train=False),
+                          number_of_pairs=9)  # all 9 (driving, source) pairs of 3 videos
+    written = animate_mode.animate(None, None, None, None, str(tmp_path / 'run'), pairs, progress=False)
+    assert len(written) == 9
+    report = json.loads((tmp_path / 'run' / 'animation' / 'metrics.json').read_text())
+    names = sorted(v['name'] for v in report['videos'])
+    assert names == ['id1#a-id2#c.mp4', 'id1#b-id2#c.mp4', 'id2#c-id1#a.mp4', 'id2#c-id1#b.mp4']
+    for v in report['videos']:
+        assert v['aed_source'] == 0 and v['no_detection_source'] == 0 and v['no_detection_animated'] == 0
+        assert v['alignment_scale'] > 0 and v['akd_motion'] >= 0 and v['frames'] == FRAMES
+    assert 'dlib' in report['measures']['aed']
