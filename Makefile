@@ -8,7 +8,8 @@ install:
 	$(PIP) install torch==2.13.0
 	$(PIP) install -r requirements.txt
 
-# the optional extras the tests exercise (web app, ONNX runtime, face tools): see requirements-test.txt
+# the optional extras the tests exercise (web app, ONNX runtime, face tools, evaluation networks;
+# see requirements-test.txt) and the in-browser page
 install-test: install web
 	$(PIP) install -r requirements-test.txt
 	$(PIP) install --no-deps face-alignment==1.5.0

@@ -221,7 +221,7 @@ class _FrameCache:
             self.used -= int(old_filled.sum()) * old[0].nbytes
 
 
-def _id_of(name: str) -> str:
+def video_id(name: str) -> str:
     """The person/object id of a video: the part of its name before '#' (the original's rule)."""
     return os.path.basename(name).split('#')[0]
 
@@ -288,7 +288,7 @@ class FramesDataset(Dataset):
         if self.is_train and self.id_sampling:
             by_id = defaultdict(list)
             for name in names:
-                by_id[_id_of(name)].append(name)
+                by_id[video_id(name)].append(name)
             self._by_id = dict(by_id)
             self.videos = sorted(by_id)
         else:

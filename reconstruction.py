@@ -4,12 +4,16 @@ As in the original, the source is frame 0 and each frame is generated from the s
 keypoints of frame 0 (kp_source) and those of the frame itself (kp_driving), absolute: no
 normalisation. Videos stream through the inference engine (memory flat in video length) and are
 written to `<log_dir>/reconstruction/<name><format>`; `metrics.json` / `metrics.csv` beside them
-hold L1, PSNR, SSIM (and AKD when face-alignment is available) per video and their means.
+hold L1, PSNR, SSIM per video and their means, and the paper's AKD and AED (and MKR) when the
+evaluation extra is installed (`pip install -r requirements-eval.txt`: dlib's 68 landmarks and face
+embeddings; see analysis/face_measures.py), else AKD alone when face-alignment and its weights
+are; metrics.json names the networks under 'measures'.
 A video that cannot be read (corrupt, truncated, fewer frames than its container says) is
 skipped with a warning and listed under 'skipped' in metrics.json, never in the mean.
 Under torchrun the videos are split over the processes and rank 0 writes the merged report.
 """
 import itertools
+import math
 import os
 import sys
 from typing import Iterable, Optional
@@ -18,6 +22,8 @@ import numpy as np
 from tqdm import tqdm
 
 from analysis import metrics as metrics_lib
+from analysis.face_measures import face_measurer_or_none
+from analysis.measures import INSTALL_EVAL, VideoMeasures
 from frames_dataset import DatasetError
 from media.images import MediaError, one_line
 from engine.torch_engine import AnimationEngine
@@ -28,9 +34,10 @@ from media.video_io import VideoWriter, media_stem, output_suffix
 
 def reconstruct_video(engine, frames: Iterable[np.ndarray], writer=None,
                       video_metrics: Optional[metrics_lib.VideoMetrics] = None,
-                      akd: Optional[metrics_lib.AKDMetric] = None) -> int:
+                      akd=None) -> int:
     """Stream one video through the engine from its first frame (absolute keypoints); write each
-    prediction and score it against the real frame. Returns the number of frames."""
+    prediction and score it against the real frame; `akd`: a measures.VideoMeasures or a
+    metrics.AKDMetric (add_batch(real frames, predictions)). Returns the number of frames."""
     frames = iter(frames)
     first = next(frames, None)
     if first is None:
@@ -44,9 +51,9 @@ def reconstruct_video(engine, frames: Iterable[np.ndarray], writer=None,
         for real, prediction in zip(result['frames'], predictions):
             if video_metrics is not None:
                 video_metrics.add(prediction, real)
-            if akd is not None:
-                akd.add(real, prediction)
             count += 1
+        if akd is not None:
+            akd.add_batch(list(result['frames']), list(predictions))
     return count
 
 
@@ -57,8 +64,9 @@ def reconstruction(config, generator, kp_detector, checkpoint: Optional[str], lo
     """Reconstruct the test videos of `dataset` (a FramesDataset with is_train=False).
 
     config: a Config, its dict or a YAML path; checkpoint: weights to load into the networks
-    (None: use them as they are); with_akd: 'auto' (when face-alignment and its weights are
-    present), True or False; indices: the videos to do (default: all, up to
+    (None: use them as they are); with_akd: 'auto' (AKD, AED, MKR with dlib when the evaluation
+    extra is installed, else AKD with face-alignment when it and its weights are present), True
+    (one of them or an error) or False; indices: the videos to do (default: all, up to
     reconstruction_params.num_videos). Returns {'videos': [...], 'mean': {...}, 'skipped': [...],
     'paths': {...}}; raises DatasetError when no video could be evaluated.
 
@@ -79,11 +87,17 @@ def reconstruction(config, generator, kp_detector, checkpoint: Optional[str], lo
         check_output('reconstruction output', path, {'test video': os.path.join(dataset.root_dir, dataset.videos[i])})
     for name in ('metrics.json', 'metrics.csv'):
         check_output('reconstruction report', os.path.join(out_dir, name))
-    akd = None
+    akd, measures = None, None
     if with_akd:
-        akd = metrics_lib.akd_metric(str(engine.device))
+        measurer = face_measurer_or_none(batch_size=batch_size)
+        if measurer is not None:
+            akd, measures = VideoMeasures(measurer), measurer.describe()
+        else:
+            akd = metrics_lib.akd_metric(str(engine.device))
+            measures = {'akd': 'face-alignment 2D FAN (68 points)', 'aed': None} if akd is not None else None
         if akd is None and with_akd is True:
-            raise RuntimeError('AKD asked for, but face-alignment or its weights are not available (see analysis/face.py)')
+            raise RuntimeError('AKD asked for, but neither dlib (`%s`) nor face-alignment with its weights '
+                               '(analysis/face.py) is available' % INSTALL_EVAL)
     mine, rank, world = share_work(indices, distributed)
     done = reconstruct_videos(engine, dataset, {i: targets[i] for i in mine}, akd, progress and rank == 0,
                               '' if world == 1 else ' (rank %d of %d)' % (rank, world))
@@ -92,7 +106,8 @@ def reconstruction(config, generator, kp_detector, checkpoint: Optional[str], lo
     skipped = [why for _, why in merged or done if why]
     if merged is None:  # its own rows; rank 0 writes the report
         return {'videos': per_video, 'mean': None, 'paths': None, 'skipped': skipped}
-    return write_reconstruction_report(out_dir, per_video, skipped, engine.precision, processes=world)
+    return write_reconstruction_report(out_dir, per_video, skipped, engine.precision, processes=world,
+                                       measures=measures)
 
 
 def reconstruct_videos(engine, dataset, targets: dict, akd, progress: bool, rank_note: str = '') -> list:
@@ -121,18 +136,20 @@ def reconstruct_videos(engine, dataset, targets: dict, akd, progress: bool, rank
 
 
 def write_reconstruction_report(out_dir: str, per_video: list, skipped: list, precision: str,
-                                processes: int = 1) -> dict:
+                                processes: int = 1, measures: Optional[dict] = None) -> dict:
     """metrics.json / metrics.csv for the evaluated videos (skipped ones listed, never averaged);
-    `processes`: how many shared the work (recorded in metrics.json)."""
+    `processes`: how many shared the work; `measures`: the networks behind AKD/AED (None: none ran);
+    both recorded in metrics.json."""
     if not per_video:
         raise DatasetError('reconstruction: no test video could be evaluated (%d skipped; first: %s: %s)'
                            % (len(skipped), skipped[0]['name'], skipped[0]['reason']) if skipped
                            else 'reconstruction: no test videos')
-    extra = {'precision': precision, 'skipped': skipped, 'processes': processes}
+    extra = {'precision': precision, 'skipped': skipped, 'processes': processes, 'measures': measures}
     paths = metrics_lib.write_report(out_dir, per_video, extra=extra)
     mean = metrics_lib.summarize(per_video)
     print('Reconstruction: %d videos%s, L1 %.5f, PSNR %.2f dB, SSIM %.4f%s -> %s'
           % (mean['videos'], ' (%d skipped)' % len(skipped) if skipped else '', mean.get('l1', float('nan')),
              mean.get('psnr', float('nan')), mean.get('ssim', float('nan')),
-             ', AKD %.3f' % mean['akd'] if 'akd' in mean else '', paths['json']))
+             ''.join(', %s %.3f' % (k.upper(), mean[k]) for k in ('akd', 'aed') if k in mean and not math.isnan(mean[k])),
+             paths['json']))
     return {'videos': per_video, 'mean': mean, 'skipped': skipped, 'paths': paths}

@@ -198,6 +198,10 @@ class AKDMetric:
         if r.pairs:
             self.distances.append(r.akd)
 
+    def add_batch(self, real: Iterable[np.ndarray], generated: Iterable[np.ndarray]) -> None:
+        for r, g in zip(real, generated):
+            self.add(r, g)
+
     def result(self) -> Dict[str, float]:
         return {'akd': float(np.mean(self.distances)) if self.distances else math.nan,
                 'akd_missing': self.missing / self.with_face if self.with_face else math.nan}

@@ -40,6 +40,7 @@ TABLE: Tuple[Format, ...] = (
     Format('.json', None, 'report', None, 'json'),  # metrics.json, manifest.json
     Format('.csv', None, 'report', None, 'report-beside'),  # metrics.csv beside metrics.json
     Format('.onnx', None, 'report', None, 'report-beside'),  # graphs beside manifest.json
+    Format('.md', None, 'report', None, 'report-beside'),  # evaluate.py's metrics.md beside metrics.json
 )
 FORMATS: Dict[str, Format] = {f.suffix: f for f in TABLE}
 
