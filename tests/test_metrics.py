@@ -70,14 +70,14 @@ def test_mean_over_frames_and_videos(tmp_path):
     assert rows[0].startswith('name,frames,l1,psnr') and rows[-1].startswith('mean,4,0.1')
 
 
-def test_identical_videos_report_the_cap_as_the_readme_says(tmp_path):
+def test_identical_videos_report_the_cap_as_the_docs_say(tmp_path):
     frame = np.random.default_rng(1).random((8, 8, 3))
     same = metrics.video_metrics([frame] * 4, [frame] * 4, name='same', with_ssim=False)
     report = json.loads(Path(metrics.write_report(str(tmp_path), [same])['json']).read_text())
     assert report['videos'][0]['psnr'] == metrics.PSNR_CAP_DB == 100.0 and report['mean']['psnr'] == 100.0
     assert report['videos'][0]['psnr_inf_frames'] == 4 and report['written_by']
-    readme = (ROOT / 'README.md').read_text()
-    assert 'count as %g dB' % metrics.PSNR_CAP_DB in readme and 'never `null`' in readme
+    docs = (ROOT / 'docs' / 'training.md').read_text()
+    assert 'count as %g dB' % metrics.PSNR_CAP_DB in docs and 'never `null`' in docs
 
 
 class _EchoEngine:
