@@ -30,14 +30,14 @@ from analysis import metrics as metrics_lib
 from analysis.face_measures import face_measurer_or_none
 from analysis.measures import AnimationMeasures
 from core.config import keywords
-from frames_dataset import DatasetError, video_id
-from media.images import MediaError, one_line
-from engine.torch_engine import AnimationEngine, to_uint8_frames
-from logger import Visualizer
-from modules.keypoints import normalize_kp  # noqa: F401  (the original's name: animate.normalize_kp)
-from media.outputs import check_output
 from core.runtime import merge_shares, share_work
+from engine.torch_engine import AnimationEngine, to_uint8_frames
+from frames_dataset import DatasetError, video_id
+from logger import Visualizer
+from media.images import MediaError, one_line
+from media.outputs import check_output
 from media.video_io import VideoWriter, media_stem, output_suffix
+from modules.keypoints import normalize_kp  # noqa: F401  (the original's name: animate.normalize_kp)
 
 
 def _write_pair(engine, writer, frames, norm, visualizer: Optional[Visualizer],

@@ -39,13 +39,13 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from core.cli import HelpFormatter, one_line_warnings
-from media.images import FITS, MediaError, fit, read_image
+from core.runtime import PRECISIONS
 from engine.smoothing import KeypointSmoother
 from engine.torch_engine import AnimationEngine
 from media.formats import DEFAULT_VIDEO
+from media.images import FITS, MediaError, fit, read_image
 from media.outputs import OutputError, check_outputs
 from pipeline import PhotoOptions, animate_photo
-from core.runtime import PRECISIONS
 
 PROG = 'app.py'
 ROOT = Path(__file__).resolve().parent

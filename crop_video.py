@@ -20,8 +20,9 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from analysis.face import (DETECTORS, FA_WEIGHTS_ENV, CropGeometry, Detector, FaceToolsError, iou, make_detector,
+                           square_box)
 from core.cli import HelpFormatter, one_line_warnings, report
-from analysis.face import DETECTORS, FA_WEIGHTS_ENV, CropGeometry, Detector, FaceToolsError, iou, make_detector, square_box
 from media.images import resize
 
 PROG = 'crop_video.py'

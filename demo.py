@@ -25,10 +25,10 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from core.cli import HelpFormatter, interrupted, one_line_warnings, report
+from engine.smoothing import add_smoothing_flags, smoother_from_flags
 from media.formats import VIDEO_INPUTS, VIDEO_OUTPUTS, listing
 from media.images import FITS, MediaError, read_image
 from media.outputs import OutputError, check_outputs, exit_on_sigterm
-from engine.smoothing import add_smoothing_flags, smoother_from_flags
 from pipeline import PhotoOptions, animate_photo, check_driving
 
 PROG = 'demo.py'
@@ -38,8 +38,8 @@ PROG = 'demo.py'
 def load_checkpoints(config_path: str, checkpoint_path: str, cpu: bool = False):
     """(generator, kp_detector) built from a config, weights loaded (weights_only), eval mode, on
     CUDA unless `cpu` (or no GPU is present)."""
-    from engine.torch_engine import load_networks
     from core.runtime import resolve_device
+    from engine.torch_engine import load_networks
 
     generator, kp_detector, _ = load_networks(config_path, checkpoint_path)
     device = resolve_device('cpu' if cpu else None)
@@ -217,8 +217,8 @@ def run(args: argparse.Namespace) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     exit_on_sigterm()  # SIGTERM unwinds like Ctrl-C: no half-written temporary stays behind
-    from core.config import ConfigError
     from analysis.face import FaceToolsError
+    from core.config import ConfigError
 
     try:
         path = run(args)

@@ -32,10 +32,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from modules.fused import fuse_for_inference
 from core.cli import HelpFormatter, one_line_warnings
 from engine.onnx_engine import FORMAT_VERSION, GRAPHS, KP_NAMES, MANIFEST, graph_names, sha256
 from media.outputs import MARK, OutputError, check_outputs, clean_stale_temps, commit, temp_path
+from modules.fused import fuse_for_inference
 
 PROG = 'export.py'
 EXPORTERS = ('torchscript', 'dynamo')
@@ -412,6 +412,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         check_args(args)
         import onnxruntime  # noqa: F401  (the check after writing needs it: fail before the work)
+
         from engine.torch_engine import load_networks
         generator, kp_detector, config = load_networks(args.config, args.checkpoint)
         export_model(generator, kp_detector, config, args.out, opset=args.opset, fp16=args.fp16,

@@ -39,9 +39,9 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from core.runtime import cpu_count
 from media.augmentation import AllAugmentationTransform, process_rng
 from media.images import IMAGE_EXTENSIONS, MediaError, frames_to_float, resize
-from core.runtime import cpu_count
 from media.video_io import VIDEO_EXTENSIONS, FolderSource, VideoInfo, VideoSource, is_image_file, open_video
 
 _MAX_WARNINGS = 10  # per kind of warning and dataset; the rest are summarised in one line

@@ -25,12 +25,12 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import numpy as np
 
 from core import cli
-from media.formats import VIDEO_OUTPUTS, listing
-from media.images import FITS, MediaError, fit, read_image, resize
+from core.runtime import PRECISIONS
 from engine.smoothing import add_smoothing_flags, smoother_from_flags
 from engine.torch_engine import AnimationEngine
+from media.formats import VIDEO_OUTPUTS, listing
+from media.images import FITS, MediaError, fit, read_image, resize
 from media.outputs import OutputError, check_outputs
-from core.runtime import PRECISIONS
 
 PROG = 'live.py'
 DEFAULT_CHECKPOINT = 'checkpoints/shapes-64.pth.tar'

@@ -21,8 +21,8 @@ import yaml
 from skimage.draw import disk
 
 from core.checkpoint import FORMAT_VERSION, load_checkpoint, save_atomic
-from media.outputs import alive_here, clean_stale_temps, writer_id
 from core.runtime import unwrap
+from media.outputs import alive_here, clean_stale_temps, writer_id
 
 
 def run_dir_name(config_name: str, when: Optional[float] = None) -> str:

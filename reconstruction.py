@@ -24,11 +24,11 @@ from tqdm import tqdm
 from analysis import metrics as metrics_lib
 from analysis.face_measures import face_measurer_or_none
 from analysis.measures import INSTALL_EVAL, VideoMeasures
+from core.runtime import merge_shares, share_work
+from engine.torch_engine import AnimationEngine
 from frames_dataset import DatasetError
 from media.images import MediaError, one_line
-from engine.torch_engine import AnimationEngine
 from media.outputs import check_output
-from core.runtime import merge_shares, share_work
 from media.video_io import VideoWriter, media_stem, output_suffix
 
 

@@ -225,8 +225,8 @@ def user_errors() -> tuple:
     from core.config import ConfigError
     from frames_dataset import DatasetError
     from media.images import MediaError
-    from modules.model import VGGWeightsError
     from media.outputs import OutputError
+    from modules.model import VGGWeightsError
     from train import TrainingStopped
     return (ConfigError, DatasetError, CheckpointError, VGGWeightsError, TrainingStopped, MediaError, OutputError,
             ValueError, FileNotFoundError, PermissionError)
@@ -238,8 +238,8 @@ def main(argv=None) -> int:
     import torch.distributed as dist
 
     from core.config import load_config
-    from media.outputs import exit_on_sigterm
     from core.runtime import ddp_info, resolve_precision
+    from media.outputs import exit_on_sigterm
     exit_on_sigterm()  # evaluation: writers discard their temporaries (training saves a checkpoint instead)
     is_ddp, rank, local_rank, _ = ddp_info()
     errors = user_errors()

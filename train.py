@@ -28,10 +28,10 @@ from tqdm import tqdm
 
 from core.checkpoint import load_checkpoint
 from core.config import keywords
+from core.runtime import autocast, ddp_info
 from frames_dataset import DatasetRepeater, default_num_workers, worker_init_fn
 from logger import Logger
 from modules.networks import build_full_models
-from core.runtime import autocast, ddp_info
 
 ADAM_BETAS = (0.5, 0.999)
 

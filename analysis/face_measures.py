@@ -22,8 +22,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from analysis.measures import INSTALL_EVAL, MEASURE_MIN_SIDE, NOTHING, MeasuresUnavailable, Observation, \
-    prepare_frame
+from analysis.measures import INSTALL_EVAL, MEASURE_MIN_SIDE, NOTHING, MeasuresUnavailable, Observation, prepare_frame
 
 MODELS_PACKAGE = 'face_recognition_models'
 MODEL_FILES = {'landmarks': 'shape_predictor_68_face_landmarks.dat',

@@ -23,8 +23,8 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from media.outputs import temp_path
 from core.runtime import unwrap
+from media.outputs import temp_path
 
 FORMAT_VERSION = 1
 MODEL_KEYS = ('generator', 'kp_detector', 'discriminator')

@@ -26,7 +26,7 @@ another size are refused with a message (fit them first, as demo.py does with im
 import hashlib
 import json
 import os
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import onnxruntime as ort

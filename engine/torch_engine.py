@@ -26,10 +26,10 @@ import torch
 
 from core.checkpoint import CheckpointError, checkpoint_config, load_checkpoint, read_checkpoint
 from core.config import Config, config_from_dict, load_config
+from core.runtime import autocast, autocast_dtype, resolve_device, resolve_precision
 from engine.driver import Driver
 from media.images import to_float
 from modules.fused import cast_conv_weights, fuse_for_inference, shallow_clone
-from core.runtime import autocast, autocast_dtype, resolve_device, resolve_precision
 
 Frame = Union[np.ndarray, torch.Tensor]
 KP = Dict[str, torch.Tensor]

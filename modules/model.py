@@ -13,11 +13,11 @@ import torch
 from torch import nn
 from torch.autograd import grad
 
+from core.runtime import unwrap
 from modules.discriminator import scale_key
 from modules.fused import cast_conv_weights
 from modules.util import (AntiAliasInterpolation2d, coordinate_grid, detach_kp, grid_sample_fp32, inverse_2x2,
                           make_coordinate_grid, matmul_2x2)
-from core.runtime import unwrap
 
 
 class ImagePyramide(nn.Module):
