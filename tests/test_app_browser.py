@@ -8,10 +8,7 @@ browser binary. FOMM_SCREENSHOT=assets/app.png saves a screenshot of the page (f
 """
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -41,51 +38,15 @@ def chromium() -> str:
     pytest.skip('no Chromium found (apt-get install -y chromium, or set FOMM_CHROMIUM=/path/to/chromium)')
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope='module')
-def server(tmp_path_factory):
-    """app.py in a subprocess on a free port; its log is shown when it fails to start."""
-    port = free_port()
-    log = tmp_path_factory.mktemp('server') / 'app.log'
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get('OMP_NUM_THREADS', '1'), GRADIO_ANALYTICS_ENABLED='False')
-    with open(log, 'w') as out:
-        proc = subprocess.Popen([sys.executable, str(ROOT / 'app.py'), '--port', str(port), '--precision', 'fp32'],
-                                cwd=str(ROOT), stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = 'http://127.0.0.1:%d/' % port
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as res:
-                if res.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail('app.py did not start:\n%s' % log.read_text()[-3000:])
-        time.sleep(0.5)
-    yield url, proc
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-@pytest.fixture(scope='module')
-def page(server, tmp_path_factory):
+def page(app_server, tmp_path_factory):  # conftest.app_server: app.py started once for the session
     with playwright.sync_playwright() as p:  # a fresh profile (--user-data-dir) for every run
         context = p.chromium.launch_persistent_context(str(tmp_path_factory.mktemp('chromium-profile')),
                                                        executable_path=chromium(), headless=True, args=CHROMIUM_FLAGS,
                                                        viewport={'width': 1280, 'height': 1000})
         tab = context.new_page()
         tab.set_default_timeout(60_000)
-        tab.goto(server[0], wait_until='load')
+        tab.goto(app_server[0], wait_until='load')
         tab.wait_for_selector('#animate-button')
         yield tab
         context.close()
@@ -123,7 +84,7 @@ def test_animate_the_samples_from_the_page(page, tmp_path):
         page.screenshot(path=os.environ['FOMM_SCREENSHOT'], full_page=True)
 
 
-def test_text_file_as_image_shows_the_message(page, server, tmp_path):
+def test_text_file_as_image_shows_the_message(page, app_server, tmp_path):
     notes = tmp_path / 'notes.txt'
     notes.write_text('this is not an image\n')
     upload(page, 'source-file', notes)
@@ -133,10 +94,10 @@ def test_text_file_as_image_shows_the_message(page, server, tmp_path):
                            "document.querySelector('.toast-body').innerText.split('not an image file').length > 2")
     text = toast.inner_text()
     assert 'source image: notes.txt: not an image file' in text and 'Traceback' not in text
-    assert server[1].poll() is None  # still serving
+    assert app_server[1].poll() is None  # still serving
 
 
-def test_webcam_drives_the_live_tab(page, server):
+def test_webcam_drives_the_live_tab(page, app_server):
     page.get_by_role('tab', name='Live (webcam)').click()
     page.locator('#webcam div[title="grant webcam access"] button').click()
     page.locator('#webcam button[aria-label="capture photo"]').click()  # starts the stream
@@ -145,4 +106,4 @@ def test_webcam_drives_the_live_tab(page, server):
     assert page.locator('#live-output img[src]').count() == 1
     page.click('#reference-button')
     page.wait_for_function("document.querySelector('#live-speed textarea').value.includes('frames/s')")
-    assert server[1].poll() is None
+    assert app_server[1].poll() is None
