@@ -65,6 +65,32 @@ def require(module: str, reason: str):
         pytest.skip(reason)
 
 
+TINY = ROOT / 'tests' / 'tiny.yaml'  # a tiny model for fast CPU tests (64x64 frames, 4 keypoints)
+
+
+@pytest.fixture(scope='module')
+def shapes(tmp_path_factory):
+    """A synthetic moving-shapes dataset: 4 training and 2 test videos of 8 frames, 64x64."""
+    from media.synthetic import write_dataset
+    root = tmp_path_factory.mktemp('shapes')
+    write_dataset(str(root), size=64, num_train=4, num_test=2, frames=8, seed=0, progress=False)
+    return root
+
+
+def tiny_config_file(tmp_path, root, name: str = 'tiny.yaml', **train_params) -> str:
+    """tests/tiny.yaml on the videos in `root`, with train_params changed (a loss weight's name,
+    e.g. generator_gan, changes train_params.loss_weights), written into tmp_path."""
+    import yaml
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg['dataset_params']['root_dir'] = str(root)
+    for key, value in train_params.items():
+        section = cfg['train_params']['loss_weights'] if key in cfg['train_params']['loss_weights'] else cfg['train_params']
+        section[key] = value
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
 @pytest.fixture
 def shared():
     return shared_path

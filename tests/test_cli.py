@@ -6,29 +6,9 @@ import sys
 
 import pytest
 import torch
-import yaml
 
-from conftest import ROOT
+from conftest import ROOT, TINY, tiny_config_file
 from core.checkpoint import read_checkpoint
-from media.synthetic import write_dataset
-
-TINY = ROOT / 'tests' / 'tiny.yaml'
-
-
-@pytest.fixture(scope='module')
-def shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp('shapes')
-    write_dataset(str(root), size=64, num_train=4, num_test=2, frames=8, seed=0, progress=False)
-    return root
-
-
-def tiny_config(tmp_path, root) -> str:
-    cfg = yaml.safe_load(TINY.read_text())
-    cfg['dataset_params']['root_dir'] = str(root)
-    path = tmp_path / 'tiny.yaml'
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
-
 
 def torchrun(*args, env_extra=None, timeout=300):
     env = dict(os.environ, OMP_NUM_THREADS='1', **(env_extra or {}))
@@ -38,7 +18,7 @@ def torchrun(*args, env_extra=None, timeout=300):
 
 
 def test_torchrun_two_cpu_processes_through_run_py(tmp_path, shapes, seeded_torch_home):
-    cfg, log_dir = tiny_config(tmp_path, shapes), tmp_path / 'log'
+    cfg, log_dir = tiny_config_file(tmp_path, shapes), tmp_path / 'log'
     res = torchrun('--config', cfg, '--log_dir', str(log_dir), '--num_workers', '0', '--max_steps', '2')
     assert res.returncode == 0, res.stderr[-3000:]
     runs = [p for p in log_dir.iterdir() if p.is_dir()]
@@ -54,7 +34,7 @@ def test_torchrun_two_cpu_processes_through_run_py(tmp_path, shapes, seeded_torc
 
 
 def test_sync_bn_on_cpu_processes_stops_at_start_with_one_line(tmp_path, shapes):
-    cfg, log_dir = tiny_config(tmp_path, shapes), tmp_path / 'log'
+    cfg, log_dir = tiny_config_file(tmp_path, shapes), tmp_path / 'log'
     res = torchrun('--config', cfg, '--log_dir', str(log_dir), '--num_workers', '0', '--sync_bn')
     assert res.returncode != 0
     errors = [l for l in res.stderr.splitlines() if l.startswith('error: ')]

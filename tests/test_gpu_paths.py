@@ -12,39 +12,16 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 
-from conftest import ROOT
+from conftest import ROOT, TINY, tiny_config_file
 from core import runtime
 from core.checkpoint import read_checkpoint
 from core.config import load_config
-from media.synthetic import write_dataset
 from modules.model import GeneratorFullModel
 from modules.networks import build_networks
 from train import make_optimizers, place_networks, prepare_step, resume, step_options, to_device, train_step
 
 CPU = torch.device('cpu')
-TINY = ROOT / 'tests' / 'tiny.yaml'
-
-
-@pytest.fixture(scope='module')
-def shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp('shapes')
-    write_dataset(str(root), size=64, num_train=4, num_test=2, frames=8, seed=0, progress=False)
-    return root
-
-
-def tiny_yaml(tmp_path, root, **train_overrides) -> str:
-    cfg = yaml.safe_load(TINY.read_text())
-    cfg['dataset_params']['root_dir'] = str(root)
-    for key, value in train_overrides.items():
-        if key == 'generator_gan':
-            cfg['train_params']['loss_weights'][key] = value
-        else:
-            cfg['train_params'][key] = value
-    path = tmp_path / 'tiny.yaml'
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
 
 
 def tiny_batch(seed: int = 1) -> dict:
@@ -129,7 +106,7 @@ def test_ranks_stop_together(tmp_path, shapes, seeded_torch_home, case):
     the same step, nobody waits in a collective the other left (a hang), and rank 0 saves (the
     time budget: a numbered checkpoint; the signal: the interrupt checkpoint; the NaN: nothing,
     and both report it)."""
-    cfg = tiny_yaml(tmp_path, shapes, num_repeats=20)  # 20 steps per epoch per rank
+    cfg = tiny_config_file(tmp_path, shapes, num_repeats=20)  # 20 steps per epoch per rank
     env = dict(os.environ, OMP_NUM_THREADS='1')
     res = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
                           str(ROOT / 'tests' / 'ddp_stop_worker.py'), cfg, str(tmp_path), case],
@@ -248,7 +225,7 @@ def test_fp16_grad_scaler_state_is_saved_and_restored(tmp_path, shapes, seeded_t
     checkpoints without it (published, bf16/fp32 runs) still resume with a fresh scaler."""
     from frames_dataset import FramesDataset
     from train import train
-    config = load_config(tiny_yaml(tmp_path, shapes, num_epochs=1, generator_gan=0), mode='train')
+    config = load_config(tiny_config_file(tmp_path, shapes, num_epochs=1, generator_gan=0), mode='train')
     generator, kp_detector, discriminator = build_networks(config.to_dict()['model_params'])
     dataset = FramesDataset(is_train=True, random_seed=0, **config.to_dict()['dataset_params'])
     # fp16 autocast on the CPU is slow but exists: the same code path as on CUDA
@@ -285,7 +262,7 @@ def test_training_calls_no_scheduler_before_its_optimizer(tmp_path, shapes, seed
     discriminator's learning rate is on the config's schedule in the checkpoint."""
     from frames_dataset import FramesDataset
     from train import train
-    config = load_config(tiny_yaml(tmp_path, shapes, generator_gan=gan), mode='train')  # 2 epochs, milestone 1
+    config = load_config(tiny_config_file(tmp_path, shapes, generator_gan=gan), mode='train')  # 2 epochs, milestone 1
     nets = build_networks(config.to_dict()['model_params'])
     dataset = FramesDataset(is_train=True, random_seed=0, **config.to_dict()['dataset_params'])
     with warnings.catch_warnings(record=True) as caught:

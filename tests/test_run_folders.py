@@ -8,29 +8,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, tiny_config_file
 from core.checkpoint import read_checkpoint
-from media.synthetic import write_dataset
-
-
-@pytest.fixture(scope='module')
-def shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp('shapes')
-    write_dataset(str(root), size=64, num_train=4, num_test=2, frames=6, seed=0, progress=False)
-    return root
 
 
 def tiny_config(tmp_path, root) -> str:
-    cfg = yaml.safe_load((ROOT / 'tests' / 'tiny.yaml').read_text())
-    cfg['dataset_params']['root_dir'] = str(root)
-    cfg['train_params'].update(num_epochs=2, num_repeats=1, checkpoint_freq=1)
+    """Two epochs of one step, a checkpoint each, one test video to reconstruct."""
+    path = tiny_config_file(tmp_path, root, num_epochs=2, num_repeats=1, checkpoint_freq=1)
+    cfg = yaml.safe_load(open(path).read())
     cfg['reconstruction_params']['num_videos'] = 1
-    path = tmp_path / 'tiny.yaml'
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
+    open(path, 'w').write(yaml.safe_dump(cfg))
+    return path
 
 
 # run.py with the run folder's timestamp frozen: both processes pick the same name, as two runs

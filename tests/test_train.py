@@ -8,28 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from conftest import ROOT
+from conftest import ROOT, tiny_config_file
 from core.checkpoint import read_checkpoint
 from core.config import load_config
-from media.synthetic import write_dataset
-
-
-@pytest.fixture(scope='module')
-def shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp('shapes')
-    write_dataset(str(root), size=64, num_train=4, num_test=2, frames=8, seed=0)
-    return root
-
-
-def make_config(tmp_path, root, **train_overrides) -> str:
-    cfg = yaml.safe_load((ROOT / 'tests' / 'tiny.yaml').read_text())
-    cfg['dataset_params']['root_dir'] = str(root)
-    cfg['train_params'].update(train_overrides)
-    path = tmp_path / 'tiny.yaml'
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
 
 
 def run_main(args):
@@ -45,7 +27,7 @@ def only_run_dir(log_dir: Path) -> Path:
 
 
 def test_two_epochs_then_resume(tmp_path, shapes, seeded_torch_home):
-    cfg = make_config(tmp_path, shapes)
+    cfg = tiny_config_file(tmp_path, shapes)
     log_dir = tmp_path / 'log'
     assert run_main(['--config', cfg, '--log_dir', str(log_dir), '--num_workers', '0', '--seed', '1']) == 0
     run_dir = only_run_dir(log_dir)
@@ -66,7 +48,7 @@ def test_two_epochs_then_resume(tmp_path, shapes, seeded_torch_home):
     assert ck1['optimizer_generator']['param_groups'][0]['lr'] == pytest.approx(2e-5)
 
     # resume from the newest checkpoint with 3 epochs: continues at epoch 2 in the same run folder
-    cfg3 = make_config(tmp_path, shapes, num_epochs=3)
+    cfg3 = tiny_config_file(tmp_path, shapes, num_epochs=3)
     (run_dir / 'config.yaml').write_text(Path(cfg3).read_text())
     ckpt = str(run_dir / 'checkpoints' / '00000001-checkpoint.pth.tar')
     assert run_main(['--config', cfg3, '--checkpoint', ckpt, '--num_workers', '0']) == 0
@@ -109,7 +91,7 @@ def test_two_epochs_then_resume(tmp_path, shapes, seeded_torch_home):
     assert ck['scheduler_generator']['last_epoch'] == 3
 
     # the config resumed with governs the schedule: without milestones the rate is back at 2e-4
-    cfg_flat = make_config(tmp_path, shapes, num_epochs=3, epoch_milestones=[])
+    cfg_flat = tiny_config_file(tmp_path, shapes, num_epochs=3, epoch_milestones=[])
     log3, ours = tmp_path / 'log3', tmp_path / 'ours.pth.tar'
     ours.write_bytes((run_dir / 'checkpoints' / '00000001-checkpoint.pth.tar').read_bytes())
     assert run_main(['--config', cfg_flat, '--checkpoint', str(ours), '--log_dir', str(log3), '--num_workers', '0']) == 0
@@ -118,7 +100,7 @@ def test_two_epochs_then_resume(tmp_path, shapes, seeded_torch_home):
 
 
 def test_ddp_two_processes_keep_identical_weights(tmp_path, shapes, seeded_torch_home):
-    cfg = make_config(tmp_path, shapes)
+    cfg = tiny_config_file(tmp_path, shapes)
     env = dict(os.environ, OMP_NUM_THREADS='1')
     res = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
                           str(ROOT / 'tests' / 'ddp_worker.py'), cfg, str(tmp_path)],
@@ -138,7 +120,7 @@ def test_ddp_two_processes_keep_identical_weights(tmp_path, shapes, seeded_torch
 def test_a_signal_mid_epoch_leaves_a_loadable_checkpoint(tmp_path, shapes, seeded_torch_home, sig, workers, group):
     # group: the signal reaches the DataLoader worker too (a terminal's Ctrl-C, `kill -- -PGID`, a
     # scheduler's SIGTERM); the main process must still save
-    cfg = make_config(tmp_path, shapes, num_repeats=200, num_epochs=1)
+    cfg = tiny_config_file(tmp_path, shapes, num_repeats=200, num_epochs=1)
     log_dir = tmp_path / 'log'
     env = dict(os.environ, OMP_NUM_THREADS='1')
     proc = subprocess.Popen([sys.executable, str(ROOT / 'run.py'), '--config', cfg, '--log_dir', str(log_dir),
@@ -171,7 +153,7 @@ def test_a_signal_mid_epoch_leaves_a_loadable_checkpoint(tmp_path, shapes, seede
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, shapes, seeded_torch_home, monkeypatch, capsys):
-    cfg = make_config(tmp_path, shapes, num_epochs=3, epoch_milestones=[])
+    cfg = tiny_config_file(tmp_path, shapes, num_epochs=3, epoch_milestones=[])
     log_dir = tmp_path / 'log'
     from modules import model
     original = model.GeneratorFullModel.forward
