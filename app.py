@@ -226,12 +226,13 @@ class App:
 
     def open_driving(self, path: Optional[str]):
         """The driving video (video_io.VideoSource), with 2 to max_frames frames."""
-        from media.video_io import VIDEO_EXTENSIONS, open_video
+        from media.formats import VIDEO_INPUTS, listing, suffix_of
+        from media.video_io import open_video
 
         name = self.check_upload(path, 'driving video', self.limits.max_upload_mb, '--max_upload_mb')
-        if os.path.splitext(name)[1].lower() not in VIDEO_EXTENSIONS:
+        if suffix_of(name) not in VIDEO_INPUTS:
             raise AppError('driving video: %s is not a video file (expected %s)'
-                           % (name, ', '.join(VIDEO_EXTENSIONS)))
+                           % (name, listing(VIDEO_INPUTS)))
         try:
             video = open_video(path)
         except MediaError as e:
